@@ -1,0 +1,3 @@
+from prernn_cli.cli import app
+
+app(prog_name="prernn")

@@ -1,0 +1,277 @@
+"""The sequence model: trunk per frame (batched over B·T) → recurrent layer(s) → head.
+
+:func:`convert` turns a pretrained network into a :class:`RecurrentModel`
+(PreRNN, PreRNN-SIH, or the traditional baseline); :func:`build_recurrent_model`
+rebuilds the same structure from a :class:`~prernn_cli.spec.ModelSpec`, which is
+how a saved model is loaded without unpickling anything.
+
+Everything that does not depend on the recurrent state runs on all ``B·T``
+frames at once: the trunk, every layer's input-to-hidden projection, the
+feed-forward parts between converted layers, and the head. Only the ``W_h·``
+products run step by step (see :mod:`prernn_cli.cells`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, fx, nn
+
+from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, PreRecurrentLayer, recurrent_layer_class
+from prernn_cli.errors import ConversionError, LayerError
+from prernn_cli.spec import (
+    CellType, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
+)
+from prernn_cli.surgery import analyze_network, resolve_layers, split_at_features, split_network
+
+log = logging.getLogger(__name__)
+
+TRADITIONAL_ACTIVATION = "tanh"  # torch.nn.RNN's default, for a TraVRNN
+
+
+class RecurrentModel(nn.Module):
+    """A pretrained network with recurrent layers, run over sequences of frames (or snippets).
+
+    ``forward(frames, state=None)`` takes ``frames`` ``[B, T, C, H, W]`` (3D backbones
+    ``[B, T, C, L, H, W]``) and returns ``(outputs [B, T, …], state)``, ``state`` holding
+    one entry per recurrent layer: ``h`` ``[B, H]``, or ``(h, c)`` for an LSTM.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        trunk: nn.Module,
+        layers: Sequence[PreRecurrentLayer],
+        between: Sequence[nn.Module],
+        between_shapes: Sequence[tuple[int, ...]],
+        head: nn.Module,
+        head_shape: tuple[int, ...],
+        new_head: bool,
+    ) -> None:
+        super().__init__()
+        if len(between) != len(layers) - 1 or len(between_shapes) != len(between):
+            raise ValueError("a model with n recurrent layers needs n - 1 feed-forward segments between them")
+        self.spec = spec
+        self.trunk = trunk
+        self.layers = nn.ModuleList(layers)
+        self.between = nn.ModuleList(between)
+        self.between_shapes = [tuple(shape) for shape in between_shapes]
+        self.head = head
+        self.head_shape = tuple(head_shape)
+        self._new_head = new_head
+
+    @property
+    def recurrent_layers(self) -> nn.ModuleList:
+        return self.layers
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> list[LayerState]:
+        """Zero state for every recurrent layer."""
+        return [layer.initial_state(batch_size, device, dtype) for layer in self.layers]
+
+    def new_parameter_names(self) -> set[str]:
+        """Parameters that start random: every ``W_h·``, a traditional layer, a new head."""
+        names = set()
+        for name, _ in self.named_parameters():
+            if name.startswith("layers.") and (name.endswith("weight_hh") or self.spec.traditional):
+                names.add(name)
+            elif name.startswith("head.") and self._new_head:
+                names.add(name)
+        return names
+
+    def _check_frames(self, frames: Tensor) -> None:
+        step = self.spec.input.step_shape()
+        if frames.dim() != len(step) + 2 or tuple(frames.shape[2:3]) != step[:1]:
+            layout = "[B, T, C, L, H, W]" if self.spec.input.frame_kind is FrameKind.SNIPPET else "[B, T, C, H, W]"
+            raise ValueError(f"expected frames {layout} with C={step[0]}, got shape {tuple(frames.shape)}")
+
+    def forward(
+        self,
+        frames: Tensor,
+        state: Optional[Sequence[LayerState]] = None,
+        gate_observer: Optional[GateObserver] = None,
+    ) -> tuple[Tensor, list[LayerState]]:
+        self._check_frames(frames)
+        batch, steps = frames.shape[:2]
+        if state is None:
+            state = [None] * len(self.layers)
+        elif len(state) != len(self.layers):
+            raise ValueError(f"expected a state for each of the {len(self.layers)} recurrent layers, got {len(state)}")
+        inputs = self.trunk(frames.flatten(0, 1))
+        new_state: list[LayerState] = []
+        for index, layer in enumerate(self.layers):
+            projected = layer.project(*inputs).view(batch, steps, -1)
+            sequence, layer_state = layer.recur(projected, state[index], gate_observer, index)
+            new_state.append(layer_state)
+            flat = sequence.flatten(0, 1)
+            if index < len(self.between):
+                inputs = self.between[index](flat.view(batch * steps, *self.between_shapes[index]))
+        outputs = self.head(flat.view(batch * steps, *self.head_shape))
+        return outputs.view(batch, steps, *outputs.shape[1:]), new_state
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        return f"design={spec.design.value}, cell={spec.cell.value}, layers={[layer.name for layer in spec.layers]}"
+
+
+# ---------------------------------------------------------------------- building
+def _replace_output_layer(head: nn.Module, outputs: int) -> nn.Module:
+    """Swap the head's last fc layer for a new one with ``outputs`` units; returns the head."""
+    if isinstance(head, nn.Linear):
+        return nn.Linear(head.in_features, outputs)
+    if not isinstance(head, fx.GraphModule):
+        raise ConversionError("the head has no fc output layer to replace; keep the original head")
+    modules = dict(head.named_modules())
+    target = None
+    for node in reversed(list(head.graph.nodes)):
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Linear):
+            target = str(node.target)
+            break
+    if target is None:
+        raise ConversionError("the head has no fc output layer to replace with --num-classes/--outputs; keep the original head")
+    old = modules[target]
+    parent_name, _, child = target.rpartition(".")
+    parent = head.get_submodule(parent_name) if parent_name else head
+    setattr(parent, child, nn.Linear(old.in_features, outputs, device=old.weight.device))
+    return head
+
+
+def _output_size(head: nn.Module) -> Optional[int]:
+    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
+    """Build the converted structure of ``spec`` on ``base``, copying its pretrained weights."""
+    cls = recurrent_layer_class(spec.cell)
+    new_head = spec.head is not HeadKind.ORIGINAL
+    if spec.traditional:
+        backbone, output_layer, feature_size = split_at_features(base, spec.input)
+        layer_spec = spec.layers[0]
+        layer = cls(
+            feature_size, layer_spec.hidden_size, kind=LayerKind.NEW, activation=layer_spec.activation,
+            init_hh=spec.init_hh, device=output_layer.weight.device,
+        )
+        outputs = spec.outputs if new_head else output_layer.out_features
+        head = nn.Linear(layer_spec.hidden_size, outputs, device=output_layer.weight.device)
+        return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_head=True)
+
+    split = split_network(base, spec.input, [layer.name for layer in spec.layers])
+    layers = []
+    for site, layer_spec in zip(split.sites, spec.layers):
+        geometry = None
+        if layer_spec.kind is LayerKind.CONV:
+            geometry = ConvGeometry.from_module(site.layer, site.batchnorm, site.has_shortcut)
+        layer = cls(
+            layer_spec.input_size, layer_spec.hidden_size, kind=layer_spec.kind, sih=spec.sih,
+            bias=site.layer.bias is not None, conv=geometry, activation=layer_spec.activation,
+            init_hh=spec.init_hh, device=site.layer.weight.device,
+        )
+        layer.load_pretrained(site.layer.weight, site.layer.bias, site.batchnorm)
+        layers.append(layer)
+    head: nn.Module = split.head.module
+    if new_head:
+        head = _replace_output_layer(head, spec.outputs)
+    return RecurrentModel(
+        spec, split.trunk, layers,
+        [segment.module for segment in split.between], [segment.input_shape for segment in split.between],
+        head, split.head.input_shape, new_head=new_head,
+    )
+
+
+def pre_recurrent_parameters(layers: Sequence[RecurrentLayerSpec], cell: CellType, weight_numels: Sequence[int]) -> int:
+    """PreRNN's recurrent parameters over ``layers`` (SPEC §4): Σ (G − 1)·|W| + G·H²."""
+    gates = cell.num_gates
+    return sum((gates - 1) * numel + gates * layer.hidden_size ** 2 for layer, numel in zip(layers, weight_numels))
+
+
+def matched_hidden_size(target: int, input_size: int, gates: int) -> int:
+    """The hidden size H' whose traditional count G·(in·H' + H'²) is closest to ``target``."""
+    root = (-input_size + math.sqrt(input_size ** 2 + 4 * target / gates)) / 2
+    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+    return min(candidates, key=lambda h: (abs(gates * (input_size * h + h * h) - target), h))
+
+
+def convert(
+    base: nn.Module,
+    base_architecture: str,
+    input_spec: InputSpec,
+    layers: Sequence[str],
+    cell: CellType,
+    *,
+    sih: bool = False,
+    traditional: bool = False,
+    head: HeadKind = HeadKind.ORIGINAL,
+    outputs: Optional[int] = None,
+    init_hh: InitScheme = InitScheme.UNIFORM,
+    aliases: Optional[dict[str, str]] = None,
+    hidden_size: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+) -> RecurrentModel:
+    """Convert pretrained ``layers`` of ``base`` into recurrent layers (or build the traditional baseline).
+
+    ``traditional=True`` keeps the backbone untouched and puts one new recurrent
+    layer on its feature vector (the input of the output layer), with a hidden
+    size matched to the recurrent parameter count PreRNN would have for
+    ``layers`` (or ``hidden_size`` when given), then a new head.
+    """
+    cell = CellType(cell)
+    head = HeadKind(head)
+    if sih and cell is CellType.VRNN:
+        raise ConversionError("SIH needs several gates sharing one input-to-hidden state, and a VRNN has one gate; use --cell lstm or gru, or drop --sih")
+    if sih and traditional:
+        raise ConversionError("--sih and --traditional exclude each other: SIH shares a pretrained layer between gates, the traditional design has none")
+    if head is not HeadKind.ORIGINAL and (outputs is None or outputs < 1):
+        raise ConversionError(f"a new head needs a positive number of outputs, got {outputs}; pass e.g. --num-classes 10")
+    if hidden_size is not None and hidden_size < 1:
+        raise ConversionError(f"--hidden-size must be positive, got {hidden_size}")
+    if hidden_size is not None and not traditional:
+        raise ConversionError("--hidden-size is only for --traditional: a converted layer keeps its pretrained size")
+    report = analyze_network(base, input_spec, aliases)
+    if not report.traced:
+        raise LayerError(f"cannot convert: {report.trace_error}")
+    resolved = resolve_layers(report, layers, aliases)
+    base_output = base.get_submodule(report.output_layer) if report.output_layer else None
+    base_num_classes = getattr(base_output, "out_features", None) or getattr(base_output, "out_channels", None)
+    if traditional:
+        if report.feature_size is None:
+            raise LayerError("the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it")
+        specs = [
+            RecurrentLayerSpec(name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size)
+            for layer in resolved
+        ]
+        target = pre_recurrent_parameters(specs, cell, [layer.weight_numel for layer in resolved])
+        size = hidden_size or matched_hidden_size(target, report.feature_size, cell.num_gates)
+        layer_specs = (
+            RecurrentLayerSpec(
+                name=report.output_layer, kind=LayerKind.NEW, hidden_size=size, input_size=report.feature_size,
+                activation=TRADITIONAL_ACTIVATION,
+            ),
+        )
+        if head is HeadKind.ORIGINAL:
+            head, outputs = HeadKind.CLASSIFY, base_num_classes
+        log.info("traditional %s: hidden size %d matched to PreRNN's %d recurrent parameters", cell.value, size, target)
+    else:
+        layer_specs = tuple(
+            RecurrentLayerSpec(
+                name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size,
+                activation=layer.activation or "identity",
+            )
+            for layer in resolved
+        )
+    spec = ModelSpec(
+        base_architecture=base_architecture,
+        layers=layer_specs,
+        cell=cell,
+        sih=sih,
+        traditional=traditional,
+        head=head,
+        outputs=outputs,
+        base_num_classes=base_num_classes,
+        input=input_spec,
+        init_hh=InitScheme(init_hh),
+        class_names=tuple(class_names) if class_names else None,
+    )
+    return build_recurrent_model(base, spec)

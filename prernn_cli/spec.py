@@ -1,0 +1,200 @@
+"""What a converted model is, as data: the JSON spec stored in our safetensors files.
+
+A :class:`ModelSpec` is enough to rebuild a converted model from its base
+architecture without unpickling anything (SPEC §5). It is also what the ONNX
+exporter writes into ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+
+FORMAT_VERSION = 1
+SPEC_METADATA_KEY = "prernn_spec"
+
+
+class CellType(str, Enum):
+    """The recurrent cell a layer becomes."""
+
+    VRNN = "vrnn"
+    LSTM = "lstm"
+    GRU = "gru"
+
+    @property
+    def num_gates(self) -> int:
+        """G in SPEC §4: VRNN 1, GRU 3, LSTM 4."""
+        return {CellType.VRNN: 1, CellType.GRU: 3, CellType.LSTM: 4}[self]
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self is CellType.LSTM
+
+
+class Design(str, Enum):
+    """The three designs the paper compares."""
+
+    TRADITIONAL = "traditional"
+    PRERNN = "prernn"
+    SIH = "sih"
+
+
+class LayerKind(str, Enum):
+    """The kind of pretrained layer a recurrent layer was made from."""
+
+    FC = "fc"
+    CONV = "conv"
+    NEW = "new"  # a traditional layer: random input-to-hidden weights
+
+
+class FrameKind(str, Enum):
+    """One time step is an image (2D backbone) or a snippet of frames (3D backbone)."""
+
+    IMAGE = "2d"
+    SNIPPET = "3d"
+
+
+class HeadKind(str, Enum):
+    ORIGINAL = "original"  # the base network's own output layer
+    CLASSIFY = "classify"  # a new linear head with K classes
+    REGRESS = "regress"  # a new linear head with K outputs
+
+
+class InitScheme(str, Enum):
+    """How the new hidden-to-hidden weights W_h· start."""
+
+    UNIFORM = "uniform"  # torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
+    ORTHOGONAL = "orthogonal"  # one orthogonal H x H block per gate
+    XAVIER = "xavier"  # Glorot uniform per gate block
+    ZEROS = "zeros"  # the converted net starts as the feed-forward net (VRNN)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one time step of input looks like, and how to preprocess it."""
+
+    frame_kind: FrameKind = FrameKind.IMAGE
+    channels: int = 3
+    size: tuple[int, int] = (224, 224)  # (height, width) after resize/crop
+    snippet_length: int | None = None  # L frames per step for 3D backbones
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def step_shape(self) -> tuple[int, ...]:
+        """Shape of one step for one clip: (C, H, W) or (C, L, H, W)."""
+        if self.frame_kind is FrameKind.SNIPPET:
+            return (self.channels, self.snippet_length or 16, *self.size)
+        return (self.channels, *self.size)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["frame_kind"] = self.frame_kind.value
+        data["size"] = list(self.size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputSpec":
+        return cls(
+            frame_kind=FrameKind(data["frame_kind"]),
+            channels=int(data["channels"]),
+            size=tuple(data["size"]),
+            snippet_length=data.get("snippet_length"),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class RecurrentLayerSpec:
+    """One recurrent layer of a converted model."""
+
+    name: str  # dotted module name in the base network (for NEW: the layer it sits on)
+    kind: LayerKind
+    hidden_size: int
+    input_size: int  # in_features, or C_in for conv
+    activation: str = "relu"  # VRNN's H; "identity" when the layer had none
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecurrentLayerSpec":
+        return cls(**{**data, "kind": LayerKind(data["kind"])})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a converted model from its base architecture."""
+
+    base_architecture: str
+    layers: tuple[RecurrentLayerSpec, ...]
+    cell: CellType
+    sih: bool = False
+    traditional: bool = False
+    head: HeadKind = HeadKind.ORIGINAL
+    outputs: int | None = None  # K for a new head
+    base_num_classes: int | None = None  # output size of the base network's own head
+    input: InputSpec = field(default_factory=InputSpec)
+    init_hh: InitScheme = InitScheme.UNIFORM
+    class_names: tuple[str, ...] | None = None
+    task: str | None = None  # classify / regress / ctc once trained
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def design(self) -> Design:
+        if self.traditional:
+            return Design.TRADITIONAL
+        return Design.SIH if self.sih else Design.PRERNN
+
+    def with_updates(self, **changes) -> "ModelSpec":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "base_architecture": self.base_architecture,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "cell": self.cell.value,
+            "sih": self.sih,
+            "traditional": self.traditional,
+            "head": self.head.value,
+            "outputs": self.outputs,
+            "base_num_classes": self.base_num_classes,
+            "input": self.input.to_dict(),
+            "init_hh": self.init_hh.value,
+            "class_names": list(self.class_names) if self.class_names else None,
+            "task": self.task,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported prernn format version {version!r} (this tool reads {FORMAT_VERSION})")
+        return cls(
+            base_architecture=data["base_architecture"],
+            layers=tuple(RecurrentLayerSpec.from_dict(layer) for layer in data["layers"]),
+            cell=CellType(data["cell"]),
+            sih=bool(data["sih"]),
+            traditional=bool(data["traditional"]),
+            head=HeadKind(data["head"]),
+            outputs=data.get("outputs"),
+            base_num_classes=data.get("base_num_classes"),
+            input=InputSpec.from_dict(data["input"]),
+            init_hh=InitScheme(data.get("init_hh", "uniform")),
+            class_names=tuple(data["class_names"]) if data.get("class_names") else None,
+            task=data.get("task"),
+            format_version=version,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))
