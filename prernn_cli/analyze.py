@@ -1,4 +1,4 @@
-"""Look inside the gates: the paper's saturation analysis (Sec. 4.2, Figure 2).
+"""Look inside the gates: the paper's saturation analysis (Sec. 4.1, Figure 2).
 
 A gate unit is *left-saturated* at a time step when its post-sigmoid
 activation is below 0.1, *right-saturated* when it is above 0.9, and
@@ -19,7 +19,7 @@ one-line reading (:func:`reading`), and the figure (:func:`gate_figure`):
 saturation scatter plots for LSTM (per gate i, f, o), activation histograms for
 GRU (per gate r, z), one row per layer, several models side by side.
 
-Reading rules (:func:`reading`), applied per layer to its *saturated share*
+Reading rules (:func:`layer_readings`, joined by :func:`reading`), applied per layer to its *saturated share*
 ``s`` = the fraction of all (unit, time step) activations of the layer's gates
 that are left- or right-saturated (the LSTM candidate ``g`` is not a gate and is
 ignored):
@@ -29,17 +29,25 @@ ignored):
   barely used", followed by "consider converting one layer only" for a layer
   stacked on another recurrent layer, and by "temporal information decays
   quickly" for the first one;
-* otherwise "gates partly saturated".
+* otherwise "gates partly saturated";
+* for an LSTM layer with forget-gate units that are right-saturated more than
+  half of the time (:data:`LONG_MEMORY_FRACTION`), their number is added: the
+  paper's "memory cells that remember their values for long durations".
+
+A model that was never trained (its spec has no ``task``: fresh from
+``convert``, new ``W_h·`` still random) gets its reading prefixed with
+"untrained model (new weights still random):", since the paper's reading is
+about trained models.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +55,7 @@ from torch import Tensor
 
 from prernn_cli.errors import DataError, PrernnError, UserInputError
 from prernn_cli.files import atomic_path
-from prernn_cli.spec import CellType, Design, ModelSpec
+from prernn_cli.spec import CellType, Design, FrameKind, InputSpec, ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -66,6 +74,8 @@ MOSTLY_SATURATED = 0.5
 """A layer whose saturated share reaches this has 'mostly saturated' gates."""
 RARELY_SATURATED = 0.2
 """A layer whose saturated share is at most this has gates that 'rarely saturate'."""
+LONG_MEMORY_FRACTION = 0.5
+"""An LSTM forget-gate unit right-saturated more than this fraction of the time is a long-memory cell."""
 
 GATES: dict[CellType, tuple[str, ...]] = {
     CellType.LSTM: ("i", "f", "o"),
@@ -78,7 +88,7 @@ GATE_NAMES = {"i": "input gate", "f": "forget gate", "o": "output gate", "r": "r
 FIGURE_NAME = "gates.png"
 SUMMARY_NAME = "summary.json"
 
-_BIN_EDGES = torch.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)[1:-1]  # inner edges 0.1 ... 0.9
+_BIN_EDGES = torch.tensor([k / HISTOGRAM_BINS for k in range(1, HISTOGRAM_BINS)])  # inner edges 0.1 ... 0.9 (float32)
 
 
 # ---------------------------------------------------------------- accumulation
@@ -89,12 +99,14 @@ class GateAccumulator:
     :meth:`prernn_cli.model.RecurrentModel.forward`: each call adds one time
     step of activations ``{gate: Tensor[B, H]}`` of layer ``layer_index``.
     Gates not in :data:`GATES` for the cell (the LSTM candidate ``g``) are
-    ignored.
+    ignored. The counts live on the device of the first activations seen, so a
+    GPU run does not copy every step to the host.
 
-    Counts per (layer, gate): ``left[u]`` / ``right[u]`` — how many
-    activations of unit ``u`` were < 0.1 / > 0.9; ``observations`` — how many
-    activations each unit had (batch × steps); ``histogram[k]`` — activations
-    of all units in bin ``k`` of :data:`HISTOGRAM_BINS`.
+    Counts per (layer, gate), as ``left[layer][gate]`` etc.: ``left[u]`` /
+    ``right[u]`` — how many activations of unit ``u`` were < 0.1 / > 0.9;
+    ``observations[layer]`` — how many activations each unit had (batch ×
+    steps); ``histogram[k]`` — activations of all units in bin ``k`` of
+    :data:`HISTOGRAM_BINS`.
     """
 
     def __init__(self, cell: CellType, hidden_sizes: Sequence[int]) -> None:
@@ -103,36 +115,57 @@ class GateAccumulator:
         self.cell = cell
         self.gates = GATES[cell]
         self.hidden_sizes = tuple(int(size) for size in hidden_sizes)
-        num_layers = len(self.hidden_sizes)
-        self.left = [{g: torch.zeros(h, dtype=torch.int64) for g in self.gates} for h in self.hidden_sizes]
-        self.right = [{g: torch.zeros(h, dtype=torch.int64) for g in self.gates} for h in self.hidden_sizes]
-        self.histogram = [{g: torch.zeros(HISTOGRAM_BINS, dtype=torch.int64) for g in self.gates} for _ in range(num_layers)]
-        self.observations = [0] * num_layers
+        count = len(self.gates)
+        # one [G, H] (or [G, bins]) tensor per layer, rows in the order of self.gates
+        self._left = [torch.zeros(count, h, dtype=torch.int64) for h in self.hidden_sizes]
+        self._right = [torch.zeros(count, h, dtype=torch.int64) for h in self.hidden_sizes]
+        self._histogram = [torch.zeros(count, HISTOGRAM_BINS, dtype=torch.int64) for _ in self.hidden_sizes]
+        self._edges = _BIN_EDGES.clone()
+        self._offsets = torch.arange(count).view(count, 1) * HISTOGRAM_BINS
+        self.observations = [0] * len(self.hidden_sizes)
 
+    def _rows(self, tensors: list[Tensor]) -> list[dict[str, Tensor]]:
+        return [{gate: t[k].cpu() for k, gate in enumerate(self.gates)} for t in tensors]
+
+    @property
+    def left(self) -> list[dict[str, Tensor]]:
+        return self._rows(self._left)
+
+    @property
+    def right(self) -> list[dict[str, Tensor]]:
+        return self._rows(self._right)
+
+    @property
+    def histogram(self) -> list[dict[str, Tensor]]:
+        return self._rows(self._histogram)
+
+    def _to(self, device: torch.device) -> None:
+        if self._edges.device != device:
+            move = lambda tensors: [t.to(device) for t in tensors]  # noqa: E731
+            self._left, self._right, self._histogram = move(self._left), move(self._right), move(self._histogram)
+            self._edges, self._offsets = self._edges.to(device), self._offsets.to(device)
+
+    @torch.no_grad()
     def __call__(self, layer_index: int, gates: Mapping[str, Tensor]) -> None:
         if not 0 <= layer_index < len(self.hidden_sizes):
             raise ValueError(f"layer_index {layer_index} out of range for {len(self.hidden_sizes)} recurrent layers")
-        batch = None
-        for gate in self.gates:
-            if gate not in gates:
-                raise ValueError(f"gate {gate!r} missing from the observed gates {sorted(gates)} of layer {layer_index}")
-            values = gates[gate].detach()
-            if values.dim() != 2 or values.shape[1] != self.hidden_sizes[layer_index]:
-                raise ValueError(
-                    f"gate {gate!r} of layer {layer_index} has shape {tuple(values.shape)}; "
-                    f"expected [batch, {self.hidden_sizes[layer_index]}]"
-                )
-            if torch.isnan(values).any():
-                raise PrernnError(f"gate {gate!r} of layer {layer_index + 1} produced NaN; the model's weights are broken")
-            if batch is not None and values.shape[0] != batch:
-                raise ValueError(f"gates of layer {layer_index} disagree on the batch size")
-            batch = values.shape[0]
-            values = values.to("cpu", torch.float32)
-            self.left[layer_index][gate] += (values < LEFT_SATURATION).sum(dim=0)
-            self.right[layer_index][gate] += (values > RIGHT_SATURATION).sum(dim=0)
-            bins = torch.bucketize(values.reshape(-1), _BIN_EDGES, right=True)
-            self.histogram[layer_index][gate] += torch.bincount(bins, minlength=HISTOGRAM_BINS)
-        self.observations[layer_index] += int(batch or 0)
+        missing = [gate for gate in self.gates if gate not in gates]
+        if missing:
+            raise ValueError(f"gates {missing} missing from the observed gates {sorted(gates)} of layer {layer_index}")
+        shapes = {tuple(gates[gate].shape) for gate in self.gates}
+        hidden = self.hidden_sizes[layer_index]
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[1] != hidden:
+            raise ValueError(f"gates of layer {layer_index} have shapes {sorted(shapes)}; expected one shape [batch, {hidden}]")
+        values = torch.stack([gates[gate].detach() for gate in self.gates]).float()  # [G, B, H]
+        self._to(values.device)
+        if torch.isnan(values).any():
+            raise PrernnError(f"the gates of layer {layer_index + 1} produced NaN; the model's weights are broken")
+        self._left[layer_index] += (values < LEFT_SATURATION).sum(dim=1)
+        self._right[layer_index] += (values > RIGHT_SATURATION).sum(dim=1)
+        bins = torch.bucketize(values.flatten(1), self._edges, right=True) + self._offsets  # [G, B*H]
+        counts = torch.bincount(bins.flatten(), minlength=len(self.gates) * HISTOGRAM_BINS)
+        self._histogram[layer_index] += counts.view(len(self.gates), HISTOGRAM_BINS)
+        self.observations[layer_index] += values.shape[1]
 
 
 # ---------------------------------------------------------------- summaries
@@ -163,14 +196,23 @@ class GateSummary:
         }
 
 
+class Verdict(str, Enum):
+    """How much a layer's gates saturate (thresholds :data:`MOSTLY_SATURATED`, :data:`RARELY_SATURATED`)."""
+
+    MOSTLY = "mostly"  # long memory
+    PARTLY = "partly"
+    RARELY = "rarely"  # the state is barely used
+
+
 @dataclass(frozen=True)
 class LayerReading:
     """The verdict on one layer, from its saturated share."""
 
     layer: int
     saturated_share: float  # fraction of the layer's gate activations that are saturated
-    verdict: str  # "mostly", "partly", "rarely"
+    verdict: Verdict
     text: str
+    long_memory_units: int | None = None  # LSTM: forget-gate units open > LONG_MEMORY_FRACTION of the time
 
 
 @dataclass
@@ -206,7 +248,13 @@ class ModelAnalysis:
             "thresholds": {"left": LEFT_SATURATION, "right": RIGHT_SATURATION},
             "gates": [gate.to_dict() for gate in self.gates],
             "layer_readings": [
-                {"layer": r.layer, "saturated_pct": round(100 * r.saturated_share, 3), "verdict": r.verdict, "text": r.text}
+                {
+                    "layer": r.layer,
+                    "saturated_pct": round(100 * r.saturated_share, 3),
+                    "verdict": r.verdict.value,
+                    "long_memory_units": r.long_memory_units,
+                    "text": r.text,
+                }
                 for r in self.layers
             ],
             "reading": self.reading,
@@ -242,8 +290,13 @@ def model_label(spec: ModelSpec) -> str:
     return f"Pre{cell}"
 
 
-def layer_readings(cell: CellType, gates: Sequence[GateSummary]) -> tuple[LayerReading, ...]:
-    """Apply the documented rules (module docstring) to each layer."""
+def layer_readings(gates: Sequence[GateSummary], long_memory_units: Mapping[int, int] | None = None) -> tuple[LayerReading, ...]:
+    """Apply the documented rules (module docstring) to each layer.
+
+    ``long_memory_units`` maps a 1-based layer to its count of long-memory
+    forget-gate units (LSTM only).
+    """
+    long_memory_units = long_memory_units or {}
     readings = []
     for layer in sorted({g.layer for g in gates}):
         own = [g for g in gates if g.layer == layer]
@@ -252,23 +305,33 @@ def layer_readings(cell: CellType, gates: Sequence[GateSummary]) -> tuple[LayerR
         share = saturated / total if total else 0.0
         pct = f"{100 * share:.0f}% saturated"
         if share >= MOSTLY_SATURATED:
-            verdict, text = "mostly", f"layer {layer} gates are mostly saturated ({pct}): long memory"
+            verdict, text = Verdict.MOSTLY, f"layer {layer} gates are mostly saturated ({pct}): long memory"
         elif share <= RARELY_SATURATED:
-            verdict = "rarely"
+            verdict = Verdict.RARELY
             text = f"layer {layer} gates rarely saturate ({pct}): its state is barely used"
             if layer > 1:
                 text += " — consider converting one layer only"
             else:
                 text += ", temporal information decays quickly"
         else:
-            verdict, text = "partly", f"layer {layer} gates are partly saturated ({pct})"
-        readings.append(LayerReading(layer=layer, saturated_share=share, verdict=verdict, text=text))
+            verdict, text = Verdict.PARTLY, f"layer {layer} gates are partly saturated ({pct})"
+        cells = long_memory_units.get(layer)
+        if cells:
+            units = own[0].units
+            text += f" ({cells} of {units} forget-gate units stay open most of the time: long-lived memory cells)"
+        readings.append(
+            LayerReading(layer=layer, saturated_share=share, verdict=verdict, text=text, long_memory_units=cells)
+        )
     return tuple(readings)
 
 
-def reading(analysis_layers: Sequence[LayerReading]) -> str:
-    """The one-line reading of a model: its layers' verdicts joined."""
-    return "; ".join(r.text for r in analysis_layers)
+UNTRAINED_PREFIX = "untrained model (new weights still random): "
+
+
+def reading(analysis_layers: Sequence[LayerReading], trained: bool = True) -> str:
+    """The one-line reading of a model: its layers' verdicts joined, flagged when the model is untrained."""
+    text = "; ".join(r.text for r in analysis_layers)
+    return text if trained else UNTRAINED_PREFIX + text
 
 
 def summarize(
@@ -282,6 +345,7 @@ def summarize(
     gates: list[GateSummary] = []
     unit_left: dict[tuple[int, str], np.ndarray] = {}
     unit_right: dict[tuple[int, str], np.ndarray] = {}
+    lefts, rights, histograms = accumulator.left, accumulator.right, accumulator.histogram
     for index, hidden in enumerate(accumulator.hidden_sizes):
         observations = accumulator.observations[index]
         if observations == 0:
@@ -289,8 +353,8 @@ def summarize(
                 f"recurrent layer {index + 1} reported no gate activations; the model does not call gate_observer"
             )
         for gate in accumulator.gates:
-            left = accumulator.left[index][gate].numpy()
-            right = accumulator.right[index][gate].numpy()
+            left = lefts[index][gate].numpy()
+            right = rights[index][gate].numpy()
             cells = hidden * observations
             left_pct = 100.0 * float(left.sum()) / cells
             right_pct = 100.0 * float(right.sum()) / cells
@@ -303,12 +367,18 @@ def summarize(
                     left_pct=left_pct,
                     right_pct=right_pct,
                     unsaturated_pct=100.0 * float(cells - left.sum() - right.sum()) / cells,
-                    histogram=tuple(int(v) for v in accumulator.histogram[index][gate].tolist()),
+                    histogram=tuple(int(v) for v in histograms[index][gate].tolist()),
                 )
             )
             unit_left[(index, gate)] = left / observations
             unit_right[(index, gate)] = right / observations
-    layers = layer_readings(accumulator.cell, gates)
+    long_memory = {}
+    if accumulator.cell is CellType.LSTM:
+        long_memory = {
+            index + 1: int((unit_right[(index, "f")] > LONG_MEMORY_FRACTION).sum())
+            for index in range(len(accumulator.hidden_sizes))
+        }
+    layers = layer_readings(gates, long_memory)
     return ModelAnalysis(
         label=label or model_label(spec),
         path=path,
@@ -317,7 +387,7 @@ def summarize(
         steps=accumulator.observations[0],
         gates=tuple(gates),
         layers=layers,
-        reading=reading(layers),
+        reading=reading(layers, trained=spec.task is not None),
         unit_left=unit_left,
         unit_right=unit_right,
     )
@@ -335,14 +405,16 @@ def check_gated(spec: ModelSpec) -> None:
 @torch.no_grad()
 def analyze_model(
     model: "RecurrentModel",
-    batches: Iterable[Tensor],
+    batches: Iterable[Tensor | Segment],
     label: str | None = None,
     path: str | None = None,
     device: torch.device | str | None = None,
 ) -> ModelAnalysis:
     """Run ``model`` on ``batches`` of frames ``[B, T, ...]`` and summarize its gates.
 
-    Each batch starts from a zero state. Only the accumulators grow with the
+    A plain tensor, or a :class:`Segment` with ``first=True``, starts new clips
+    from a zero state; a segment with ``first=False`` continues the previous
+    one's clips from their last state. Only the accumulators grow with the
     model's size; nothing grows with the number of clips.
     """
     spec: ModelSpec = model.spec
@@ -353,10 +425,16 @@ def analyze_model(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     clips = 0
     try:
-        for frames in batches:
-            frames = frames.to(device)
-            model(frames, gate_observer=accumulator)
-            clips += frames.shape[0]
+        state = None
+        for batch in batches:
+            segment = batch if isinstance(batch, Segment) else Segment(batch)
+            frames = segment.frames.to(device)
+            if segment.first:
+                state = None
+                clips += frames.shape[0]
+            elif state is None:
+                raise ValueError("a continuing segment came before any first segment")
+            _, state = model(frames, state=state, gate_observer=accumulator)
     finally:
         model.train(was_training)
     if clips == 0:
@@ -412,8 +490,7 @@ def gate_figure(analyses: Sequence[ModelAnalysis]) -> "Figure":
                 ax.set_xlim(0, 1)
                 ax.set_ylim(0, 1)
                 ax.set_aspect("equal")
-                ax.set_xlabel("fraction left-saturated", fontsize=8)
-                ax.set_ylabel("fraction right-saturated", fontsize=8)
+                xlabel, ylabel = "fraction left-saturated", "fraction right-saturated"
             else:
                 summary = next(g for g in analysis.gates if g.layer == row + 1 and g.gate == gate)
                 counts = np.asarray(summary.histogram, dtype=float)
@@ -422,8 +499,11 @@ def gate_figure(analyses: Sequence[ModelAnalysis]) -> "Figure":
                 ax.bar(edges[:-1], shares, width=1 / HISTOGRAM_BINS, align="edge", color=color, edgecolor="white")
                 ax.set_xlim(0, 1)
                 ax.set_ylim(0, 1)
-                ax.set_xlabel("activation", fontsize=8)
-                ax.set_ylabel("share of activations", fontsize=8)
+                xlabel, ylabel = "activation", "share of activations"
+            if row == len(analysis.spec.layers) - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
+            if gate == GATES[analysis.cell][0]:
+                ax.set_ylabel(ylabel, fontsize=8)
             ax.set_title(title, fontsize=9)
             ax.tick_params(labelsize=7)
     figure.suptitle(" vs ".join(a.label for a in analyses) + " — gate activations", fontsize=10)
@@ -433,7 +513,7 @@ def gate_figure(analyses: Sequence[ModelAnalysis]) -> "Figure":
 def save_figure(figure: "Figure", path: Path, layout: FigureLayout, analyses: Sequence[ModelAnalysis]) -> None:
     """Write the figure as a PNG, atomically, with its layout in the PNG's text metadata."""
     metadata = {
-        "Title": figure.get_suptitle() if hasattr(figure, "get_suptitle") else "gate activations",
+        "Title": figure.get_suptitle(),
         "Software": "prernn analyze",
         "prernn:panels": str(layout.panels),
         "prernn:rows": str(layout.rows),
@@ -451,6 +531,18 @@ def write_summary(analyses: Sequence[ModelAnalysis], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- clips
+WINDOW_STEPS = 64
+"""A whole clip runs in windows of at most this many steps, the state carried from one to the next."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive steps of a batch of clips; ``first`` is False when it continues the previous segment's clips."""
+
+    frames: Tensor  # [B, T, C, H, W] or [B, T, C, L, H, W]
+    first: bool = True
+
+
 def select_clips(clips: Sequence, max_clips: int | None) -> list:
     """At most ``max_clips`` clips, evenly spread over the (class-sorted) list so every class is seen."""
     clips = list(clips)
@@ -463,22 +555,25 @@ def select_clips(clips: Sequence, max_clips: int | None) -> list:
 
 def clip_batches(
     data: Path,
-    input_spec,
+    input_spec: InputSpec,
     max_clips: int | None = None,
     steps: int | None = None,
     batch_size: int = 8,
     skipped: list | None = None,
-) -> Iterable[Tensor]:
-    """Frames ``[B, T, ...]`` of the clips under ``data``, preprocessed for ``input_spec``.
+    window: int = WINDOW_STEPS,
+) -> Iterator[Segment]:
+    """Segments of preprocessed frames of the clips under ``data`` (see :class:`Segment`).
 
     Uses :func:`prernn_cli.data.discover`: the ``val`` split when the data has one
     (``DIR/{train,val}`` or a manifest with a split column), every clip otherwise.
     ``steps=None`` runs each clip whole (2D: every frame; 3D: consecutive
-    snippets), one clip per batch; ``steps=T`` samples T evenly spread steps per
-    clip and batches ``batch_size`` clips. Unusable clips are appended to
-    ``skipped`` as (path, reason) and left out.
+    snippets of L frames), one clip at a time, in windows of ``window`` steps:
+    the clip is held as decoded uint8 frames, only one window as float tensors.
+    ``steps=T`` samples T evenly spread steps per clip and batches
+    ``batch_size`` clips (:class:`prernn_cli.data.ClipDataset`). Unusable clips
+    are appended to ``skipped`` as (path, reason) and left out.
     """
-    from prernn_cli.data import Clip, ClipDataset, ClipReadError, Sampling, collate, count_frames, discover
+    from prernn_cli.data import ClipDataset, ClipReadError, Sampling, collate, discover, preprocess, read_frames
 
     splits = discover(Path(data), val_fraction=0.0)
     clips = select_clips(splits.val or splits.train, max_clips)
@@ -489,25 +584,26 @@ def clip_batches(
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             skipped.extend(batch["skipped"])
             if batch["size"]:
-                yield batch["frames"]
+                yield Segment(batch["frames"])
         return
-    probe = ClipDataset([], input_spec, splits.task, steps=1)
+    snippet = (input_spec.snippet_length or 16) if input_spec.frame_kind is FrameKind.SNIPPET else 1
     for clip in clips:
         try:
-            frames_in_clip = count_frames(clip.path)
+            frames, count = read_frames(clip.path)
         except ClipReadError as error:
             skipped.append((str(clip.path), str(error)))
             continue
-        whole = frames_in_clip // probe.snippet
-        if whole < 1:
-            skipped.append((str(clip.path), f"too short: {frames_in_clip} frames, one step needs {probe.snippet}"))
+        total = count // snippet
+        if total < 1:
+            skipped.append((str(clip.path), f"too short: {count} frames, one step needs {snippet}"))
             continue
-        windowed = Clip(clip.path, clip.label, clip.targets, clip.sequence, start=0, num_frames=frames_in_clip)
-        item = ClipDataset([windowed], input_spec, splits.task, steps=whole)[0]
-        if "error" in item:
-            skipped.append((item["path"], item["error"]))
-            continue
-        yield item["frames"].unsqueeze(0)
+        for begin in range(0, total, window):
+            length = min(window, total - begin)
+            tensor = preprocess(frames[begin * snippet : (begin + length) * snippet], input_spec)  # [t·L, C, H, W]
+            if snippet > 1:
+                channels, height, width = tensor.shape[1:]
+                tensor = tensor.view(length, snippet, channels, height, width).permute(0, 2, 1, 3, 4)
+            yield Segment(tensor.unsqueeze(0).contiguous(), first=begin == 0)
 
 
 # ---------------------------------------------------------------- the command
@@ -577,7 +673,16 @@ def analyze(
     for model, path, label in zip(models, paths, labels):
         skipped: list = []
         batches = clip_batches(data, model.spec.input, max_clips=max_clips, steps=steps, skipped=skipped)
-        analysis = analyze_model(model.to(torch_device), batches, label=label, path=str(path), device=torch_device)
+        try:
+            analysis = analyze_model(model.to(torch_device), batches, label=label, path=str(path), device=torch_device)
+        except DataError:
+            if not skipped:
+                raise
+            first_path, first_reason = skipped[0]
+            raise DataError(
+                f"all {len(skipped)} clips in {data} were skipped (first: {first_path}: {first_reason}); "
+                "give longer or readable clips, or fewer --steps"
+            ) from None
         for clip_path, reason in skipped:
             logger.warning("skipped clip %s: %s", clip_path, reason)
         analysis.skipped = [(str(p), r) for p, r in skipped]

@@ -185,19 +185,20 @@ class PreRecurrentLayer(nn.Module):
         expected = tuple(self.weight_ih.shape[1:])
         if tuple(weight.shape[1:]) != expected or weight.shape[0] != self.hidden_size:
             raise ValueError(f"pretrained weight of shape {tuple(weight.shape)} does not fit a layer of hidden size {self.hidden_size} and input {expected}")
-        copies = self.input_copies
-        self.weight_ih.copy_(weight.repeat(copies, *([1] * (weight.dim() - 1))))
-        if self.bias_ih is not None:
-            if bias is None:
-                raise ValueError("the layer was built with a bias but the pretrained layer has none")
-            self.bias_ih.copy_(bias.repeat(copies))
+        if self.bias_ih is not None and bias is None:
+            raise ValueError("the layer was built with a bias but the pretrained layer has none")
+        if hasattr(self, "bn_weight") and batchnorm is None:
+            raise ValueError("the layer was built with a BatchNorm but none was given")
+        pairs = [(self.weight_ih, weight), (self.bias_ih, bias)]
         if hasattr(self, "bn_weight"):
-            if batchnorm is None:
-                raise ValueError("the layer was built with a BatchNorm but none was given")
-            self.bn_weight.copy_(batchnorm.weight.repeat(copies))
-            self.bn_bias.copy_(batchnorm.bias.repeat(copies))
-            self.bn_running_mean.copy_(batchnorm.running_mean.repeat(copies))
-            self.bn_running_var.copy_(batchnorm.running_var.repeat(copies))
+            pairs += [
+                (self.bn_weight, batchnorm.weight), (self.bn_bias, batchnorm.bias),
+                (self.bn_running_mean, batchnorm.running_mean), (self.bn_running_var, batchnorm.running_var),
+            ]
+        for stacked, pretrained in pairs:
+            if stacked is not None:
+                for block in stacked.split(self.hidden_size, dim=0):  # in place: no G-times temporary
+                    block.copy_(pretrained)
 
     # ------------------------------------------------------------------ a(x_t): batched over all frames
     def project(self, x: Tensor, shortcut: Optional[Tensor] = None) -> Tensor:

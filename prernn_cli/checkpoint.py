@@ -24,6 +24,7 @@ import logging
 import pickle
 import pickletools
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from enum import Enum
@@ -207,7 +208,7 @@ def _file_globals(path: Path) -> list[str]:
     return _pickle_globals(data)
 
 
-_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.", "_codecs.encode", "numpy.")
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.", "__builtin__.", "copyreg.", "_codecs.encode", "numpy.")
 
 
 def _refuse_pickle(path: Path) -> CheckpointError:
@@ -223,7 +224,9 @@ def _refuse_pickle(path: Path) -> CheckpointError:
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     """``torch.load`` with ``weights_only=True``; a module or other objects only when trusted."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the load itself says what matters
+            return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise CheckpointError(f"checkpoint {path} is a corrupt pickle ({str(error).splitlines()[0]}); save it again") from error
@@ -232,7 +235,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     except (EOFError, RuntimeError, ValueError, OSError, struct.error) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); copy or save it again") from error
-    logger.warning("unpickling %s with --trust-pickle: this runs code from the file", path)
+    logger.info("unpickling %s with --trust-pickle: this runs code from the file", path)
     try:
         return torch.load(path, weights_only=False, map_location="cpu")
     except Exception as first_error:  # noqa: BLE001 - a plain pickle.dump file is not torch's format
@@ -361,7 +364,9 @@ def _from_module(path: Path, module: nn.Module, arch: Optional[str], fmt: Checkp
 
 def _load_torchscript(path: Path) -> nn.Module:
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the way to read TorchScript
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError and friends for a bad archive
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is a TorchScript archive that cannot be loaded ({first[:120]}); export it again") from error
@@ -398,6 +403,10 @@ def load_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: 
             raise ArchitectureError("--arch is empty; give an architecture name such as resnet50, vgg16 or c3d")
     if fmt is CheckpointFormat.PRERNN:
         model = load_converted(path)
+        if arch is not None and arch != model.spec.base_architecture:
+            raise CheckpointError(
+                f"checkpoint {path} is a converted prernn model of {model.spec.base_architecture}, not {arch}; drop --arch (the file names its architecture)"
+            )
         return LoadedCheckpoint(model, fmt, model.spec.base_architecture, model.spec.input, identified=False, spec=model.spec)
     if fmt is CheckpointFormat.SAFETENSORS:
         return _model_from_weights(path, _strip_wrappers(_load_safetensors(path)), arch, fmt)
@@ -450,7 +459,12 @@ def load_converted(path: Path | str) -> "RecurrentModel":
     from prernn_cli.model import build_recurrent_model
 
     path = Path(path)
-    _check_file(path)
+    fmt = detect_format(path)
+    if fmt is not CheckpointFormat.PRERNN:
+        raise CheckpointError(
+            f"{path} is a {fmt.value} checkpoint, not a converted prernn model; convert it first: "
+            f"prernn convert {path} --layer LAYER -o model.safetensors"
+        )
     spec = _read_spec(path)
     base = build_architecture(spec.base_architecture, num_classes=spec.base_num_classes)
     try:

@@ -25,6 +25,7 @@ How predictions are formed
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -139,6 +140,22 @@ class Accumulator:
             for length in lengths:
                 self.truths.append(tuple(flat[start : start + length]))
                 start += length
+
+    def to_json(self) -> str:
+        """Partial results as JSON (kept in the training state so a resumed epoch reports the whole epoch)."""
+        return json.dumps({
+            "loss_sum": self.loss_sum, "clips": self.clips, "indices": self.indices,
+            "scores": [s.tolist() for s in self.scores], "labels": self.labels,
+            "errors": [e.tolist() for e in self.errors], "decoded": self.decoded, "truths": self.truths,
+        })
+
+    def load_json(self, text: str) -> None:
+        data = json.loads(text)
+        self.loss_sum, self.clips, self.indices, self.labels = data["loss_sum"], data["clips"], data["indices"], data["labels"]
+        self.scores = [np.asarray(s, dtype=np.float32) for s in data["scores"]]
+        self.errors = [np.asarray(e, dtype=np.float32) for e in data["errors"]]
+        self.decoded = [tuple(d) for d in data["decoded"]]
+        self.truths = [tuple(t) for t in data["truths"]]
 
     def merge(self, others: Sequence["Accumulator"]) -> "Accumulator":
         out = Accumulator(self.task, self.options)

@@ -14,7 +14,6 @@ products run step by step (see :mod:`prernn_cli.cells`).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, fx, nn
 
 from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, PreRecurrentLayer, recurrent_layer_class
 from prernn_cli.errors import ConversionError, LayerError
+from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params
 from prernn_cli.spec import (
     CellType, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
 )
@@ -164,12 +164,18 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
         geometry = None
         if layer_spec.kind is LayerKind.CONV:
             geometry = ConvGeometry.from_module(site.layer, site.batchnorm, site.has_shortcut)
+        # Built on the meta device, then given memory once: the copies of W_xy are written straight
+        # into it, never randomly initialised first (a full-size fc6 would take seconds and GBs more).
         layer = cls(
             layer_spec.input_size, layer_spec.hidden_size, kind=layer_spec.kind, sih=spec.sih,
             bias=site.layer.bias is not None, conv=geometry, activation=layer_spec.activation,
-            init_hh=spec.init_hh, device=site.layer.weight.device,
+            init_hh=spec.init_hh, device="meta",
         )
-        layer.load_pretrained(site.layer.weight, site.layer.bias, site.batchnorm)
+        device = site.layer.weight.device
+        if device.type != "meta":  # a meta base is a structure to load a saved model into
+            layer = layer.to_empty(device=device)
+            layer.load_pretrained(site.layer.weight, site.layer.bias, site.batchnorm)
+            layer.reset_hidden_parameters()
         layers.append(layer)
     head: nn.Module = split.head.module
     if new_head:
@@ -179,19 +185,6 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
         [segment.module for segment in split.between], [segment.input_shape for segment in split.between],
         head, split.head.input_shape, new_head=new_head,
     )
-
-
-def pre_recurrent_parameters(layers: Sequence[RecurrentLayerSpec], cell: CellType, weight_numels: Sequence[int]) -> int:
-    """PreRNN's recurrent parameters over ``layers`` (SPEC §4): Σ (G − 1)·|W| + G·H²."""
-    gates = cell.num_gates
-    return sum((gates - 1) * numel + gates * layer.hidden_size ** 2 for layer, numel in zip(layers, weight_numels))
-
-
-def matched_hidden_size(target: int, input_size: int, gates: int) -> int:
-    """The hidden size H' whose traditional count G·(in·H' + H'²) is closest to ``target``."""
-    root = (-input_size + math.sqrt(input_size ** 2 + 4 * target / gates)) / 2
-    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
-    return min(candidates, key=lambda h: (abs(gates * (input_size * h + h * h) - target), h))
 
 
 def convert(
@@ -238,12 +231,8 @@ def convert(
     if traditional:
         if report.feature_size is None:
             raise LayerError("the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it")
-        specs = [
-            RecurrentLayerSpec(name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size)
-            for layer in resolved
-        ]
-        target = pre_recurrent_parameters(specs, cell, [layer.weight_numel for layer in resolved])
-        size = hidden_size or matched_hidden_size(target, report.feature_size, cell.num_gates)
+        target = sum(prernn_params(LayerShape.from_report(layer, report), cell) for layer in resolved)
+        size = hidden_size or match_traditional_hidden_size(target, report.feature_size, cell)
         layer_specs = (
             RecurrentLayerSpec(
                 name=report.output_layer, kind=LayerKind.NEW, hidden_size=size, input_size=report.feature_size,

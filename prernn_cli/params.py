@@ -278,7 +278,7 @@ COUNTING_NOTE = (
 )
 
 HUMAN_COUNTING_NOTE = (
-    "recurrent (weights): Table 3's definition, used for SIH ÷ PreRNN and for matching H'. "
+    "recurrent (weights): weights only, Table 3's definition, used for SIH ÷ PreRNN and for matching H'. "
     "(+biases): PreRNN's G-1 copies of the pretrained bias and conv BatchNorm, a traditional layer's bias_ih. "
     "total model: what `prernn convert` builds with the original head (traditional: output layer re-made to read H')."
 )
@@ -430,6 +430,7 @@ def account_layers(
     network = analyze_network(model, input_spec, aliases)
     resolved = resolve_layers(network, list(layer_names), dict(aliases or {}))
     shapes = [LayerShape.from_report(layer, network) for layer in resolved]
+    logger.info("accounting %s (feature size %s)", ", ".join(shape.label for shape in shapes), network.feature_size)
     base_params = sum(p.numel() for p in model.parameters())
     output_size = output_layer_params = None
     if network.output_layer:
@@ -469,6 +470,12 @@ def account_checkpoint(
         from prernn_cli.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        if loaded.spec is not None:
+            base = loaded.spec.base_architecture
+            raise ConversionError(
+                f"{checkpoint} is already a converted prernn model; size its base network instead: "
+                f"prernn params --arch {base} --layer {','.join(layer.name for layer in loaded.spec.layers)}"
+            )
         model, input_spec, architecture = loaded.model, loaded.input_spec, loaded.architecture
     aliases = paper_aliases(architecture, model) if architecture else {}
     return account_layers(

@@ -143,6 +143,16 @@ class _Trace:
 
 
 # ---------------------------------------------------------------------- tracing
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer, keeping subclasses of the layers we reason about (e.g. torchvision's
+    ``Conv3DSimple``) as single calls instead of tracing into them."""
+
+    _LEAVES = (nn.Linear, *(_CONV_TYPES), nn.modules.batchnorm._BatchNorm, *_POOL_MODULES, *_ACTIVATION_MODULES)
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, self._LEAVES) or super().is_leaf_module(module, qualified_name)
+
+
 def _example_input(model: nn.Module, input_spec: InputSpec, batch: int = 2) -> torch.Tensor:
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -154,7 +164,9 @@ def _trace(model: nn.Module, input_spec: InputSpec) -> _Trace:
     was_training = model.training
     model.eval()
     try:
-        graph_module = fx.symbolic_trace(model)
+        tracer = _LayerTracer()
+        graph = tracer.trace(model)
+        graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
         model.train(was_training)
     graph_module.eval()
@@ -324,7 +336,9 @@ def analyze_network(
     Never raises for a model torch.fx cannot trace: every layer is then reported
     as not convertible, with the tracing error as the reason.
     """
-    by_name = {name: alias for alias, name in (aliases or {}).items()}
+    by_name: dict[str, str] = {}
+    for alias, name in (aliases or {}).items():
+        by_name.setdefault(name, alias)  # the first alias given is the one shown
     modules = dict(model.named_modules())
     try:
         trace = _trace(model, input_spec)
@@ -430,7 +444,6 @@ class Segment:
 class ConvertedSite:
     """What the model needs to build one recurrent layer in place of a pretrained one."""
 
-    report: LayerReport
     layer: nn.Module  # the pretrained nn.Linear / nn.Conv
     batchnorm: Optional[nn.Module]
     has_shortcut: bool
@@ -478,7 +491,6 @@ def split_network(model: nn.Module, input_spec: InputSpec, layer_names: Sequence
     """Cut ``model`` around the named (already resolved, convertible) layers, in network order."""
     trace = _trace(model, input_spec)
     modules = dict(trace.graph_module.named_modules())
-    report = analyze_network(model, input_spec)
     by_node = {str(node.target): node for node in trace.nodes if node.op == "call_module"}
     regions: list[_Region] = []
     for name in layer_names:
@@ -497,7 +509,6 @@ def split_network(model: nn.Module, input_spec: InputSpec, layer_names: Sequence
     head = Segment(_extract(trace.graph_module, [regions[-1].end], trace.output.args[0], as_tuple=False), _shape(regions[-1].end))
     sites = [
         ConvertedSite(
-            report=report.get(str(region.layer.target)),
             layer=modules[region.layer.target],
             batchnorm=modules[region.batchnorm] if region.batchnorm else None,
             has_shortcut=region.shortcut is not None,

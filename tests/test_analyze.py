@@ -11,6 +11,7 @@ from PIL import Image
 
 from prernn_cli.analyze import (
     HISTOGRAM_BINS,
+    UNTRAINED_PREFIX,
     GateAccumulator,
     check_gated,
     figure_layout,
@@ -123,12 +124,11 @@ def test_accumulator_matches_brute_force(cell_class, cell):
             assert acc.observations[index] == values.shape[0] == 3 * 2 * 4
             np.testing.assert_array_equal(acc.left[index][gate].numpy(), (values < np.float32(0.1)).sum(0))
             np.testing.assert_array_equal(acc.right[index][gate].numpy(), (values > np.float32(0.9)).sum(0))
-            bins = np.minimum(np.floor(values.astype(np.float64) * 10), 9).astype(int)
-            expected = np.bincount(bins.reshape(-1), minlength=10)
-            # float32 edges vs float64 floor can differ only for values exactly on an edge
-            assert np.abs(acc.histogram[index][gate].numpy() - expected).sum() <= 2
-            assert acc.histogram[index][gate].sum() == values.size
-            assert acc.left[index][gate].sum() <= expected[0]
+            edges = np.array([k / 10 for k in range(1, 10)], dtype=np.float32)
+            bins = (values[..., None] >= edges).sum(-1)  # bin k holds edges[k-1] <= a < edges[k]
+            np.testing.assert_array_equal(acc.histogram[index][gate].numpy(), np.bincount(bins.reshape(-1), minlength=10))
+            assert acc.histogram[index][gate][0] == acc.left[index][gate].sum()  # bin 0 is exactly "left-saturated"
+            assert (acc.histogram[index][gate] > 0).sum() >= 5  # the activations really spread over the bins
 
 
 def test_accumulator_memory_is_fixed():
@@ -154,13 +154,18 @@ def test_reading_rules_follow_the_numbers():
     middle = {g: torch.full((1, 4), 0.5) for g in "ifo"}
     acc(0, saturated)
     acc(1, middle)
-    analysis = summarize(acc, _spec(CellType.LSTM, [4, 4]), clips=1)
+    trained = _spec(CellType.LSTM, [4, 4]).with_updates(task="classify")
+    analysis = summarize(acc, trained, clips=1)
     assert [r.verdict for r in analysis.layers] == ["mostly", "rarely"]
     assert analysis.reading.startswith("layer 1 gates are mostly saturated (100% saturated): long memory")
+    assert analysis.layers[0].long_memory_units == 2 and analysis.layers[1].long_memory_units == 0
+    assert "(2 of 4 forget-gate units stay open most of the time: long-lived memory cells)" in analysis.reading
+    untrained = summarize(acc, _spec(CellType.LSTM, [4, 4]), clips=1)  # no task: never trained
+    assert untrained.reading == UNTRAINED_PREFIX + analysis.reading
     assert "layer 2 gates rarely saturate (0% saturated): its state is barely used — consider converting one layer only" in analysis.reading
     single = GateAccumulator(CellType.GRU, [4])
     single(0, {"r": torch.tensor([[0.01, 0.5, 0.5, 0.5]]), "z": torch.tensor([[0.05, 0.95, 0.5, 0.5]])})
-    (only,) = layer_readings(CellType.GRU, summarize(single, _spec(CellType.GRU, [4]), clips=1).gates)
+    (only,) = layer_readings(summarize(single, _spec(CellType.GRU, [4]), clips=1).gates)
     assert only.verdict == "partly" and only.saturated_share == pytest.approx(3 / 8)
 
 
@@ -240,12 +245,160 @@ def test_clip_batches_stream_whole_clips_or_sampled_steps(tmp_path):
     data = _write_clips(tmp_path / "clips", per_class=3, frames=5)
     spec = InputSpec(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
     whole = list(clip_batches(data, spec))
-    assert len(whole) == 6 and all(b.shape == (1, 5, 3, 32, 32) for b in whole)
+    assert len(whole) == 6 and all(s.frames.shape == (1, 5, 3, 32, 32) and s.first for s in whole)
+    windows = list(clip_batches(data, spec, window=2))  # 5 steps -> windows of 2, 2, 1 carrying the state
+    assert [(s.frames.shape[1], s.first) for s in windows[:3]] == [(2, True), (2, False), (1, False)]
+    torch.testing.assert_close(torch.cat([s.frames for s in windows[:3]], dim=1), whole[0].frames)
     sampled = list(clip_batches(data, spec, steps=3, batch_size=4))
-    assert [b.shape[:2] for b in sampled] == [(4, 3), (2, 3)]
+    assert [s.frames.shape[:2] for s in sampled] == [(4, 3), (2, 3)]
     assert len(list(clip_batches(data, spec, max_clips=2))) == 2
     assert select_clips(list(range(6)), 2) == [0, 3]  # one clip of each class
     snippet = InputSpec(frame_kind=FrameKind.SNIPPET, size=(32, 32), snippet_length=2, mean=(0.5,) * 3, std=(0.5,) * 3)
-    assert next(iter(clip_batches(data, snippet))).shape == (1, 2, 3, 2, 32, 32)  # 5 frames -> 2 snippets of 2
+    assert next(iter(clip_batches(data, snippet))).frames.shape == (1, 2, 3, 2, 32, 32)  # 5 frames -> 2 snippets of 2
     skipped = []
     assert list(clip_batches(data, spec, steps=9, skipped=skipped)) == [] and len(skipped) == 6  # too short
+
+
+# ---------------------------------------------------------------- CLI on real files
+from typer.testing import CliRunner  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Converted DigitVGG models (random weights, seeded) saved with save_converted, and PNG clips."""
+    from prernn_cli.architectures import architecture_input
+    from prernn_cli.architectures.samples import DigitVGG
+    from prernn_cli.checkpoint import save_converted
+    from prernn_cli.model import convert
+
+    root = tmp_path_factory.mktemp("analyze")
+    torch.manual_seed(0)
+    base = DigitVGG().eval()
+    spec = architecture_input("digit_vgg")
+    paths = {}
+    for name, layers, cell, traditional in (
+        ("pre_lstm", ["classifier.0", "classifier.3"], CellType.LSTM, False),
+        ("tra_lstm", ["classifier.0"], CellType.LSTM, True),
+        ("pre_gru", ["classifier.0"], CellType.GRU, False),
+        ("tra_gru", ["classifier.0"], CellType.GRU, True),
+        ("pre_vrnn", ["classifier.0"], CellType.VRNN, False),
+    ):
+        torch.manual_seed(1)
+        model = convert(base, "digit_vgg", spec, layers, cell, traditional=traditional)
+        paths[name] = root / f"{name}.safetensors"
+        save_converted(model, paths[name])
+    # a PreLSTM whose gates are forced: zero weights, biases i = +20, f = -20, o = +20 on even units / -20 on odd
+    forced = convert(base, "digit_vgg", spec, ["classifier.0"], CellType.LSTM)
+    layer = forced.recurrent_layers[0]
+    hidden = layer.hidden_size
+    with torch.no_grad():
+        layer.weight_ih.zero_()
+        layer.weight_hh.zero_()
+        o_bias = torch.tensor([20.0, -20.0]).repeat(hidden // 2)
+        layer.bias_ih.copy_(torch.cat([torch.full((hidden,), 20.0), torch.full((hidden,), -20.0), torch.zeros(hidden), o_bias]))
+    paths["forced"] = root / "forced.safetensors"
+    save_converted(forced, paths["forced"])
+    paths["clips"] = _write_clips(root / "clips", per_class=2, frames=4)
+    return paths
+
+
+def _run(*args):
+    return runner.invoke(__import__("prernn_cli.cli", fromlist=["app"]).app, ["analyze", *map(str, args)])
+
+
+def test_cli_writes_figure_summary_and_table(files, tmp_path):
+    out = tmp_path / "report"
+    result = _run(files["pre_lstm"], "--data", files["clips"], "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "Gate saturation" in result.stdout and "PreLSTM" in result.stdout
+    assert "consider converting one layer only" in result.stdout or "layer 2 gates" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    (model,) = summary["models"]
+    assert model["label"] == "PreLSTM" and model["clips"] == 4 and model["steps"] == 16
+    assert [(g["layer"], g["gate"]) for g in model["gates"]] == [(1, "i"), (1, "f"), (1, "o"), (2, "i"), (2, "f"), (2, "o")]
+    for gate in model["gates"]:
+        total = gate["left_saturated_pct"] + gate["right_saturated_pct"] + gate["unsaturated_pct"]
+        assert total == pytest.approx(100.0, abs=1e-2)
+        assert sum(gate["histogram"]) == gate["units"] * gate["observations_per_unit"] == 256 * 16
+    assert model["reading"].startswith(UNTRAINED_PREFIX + "layer 1 gates")
+    image = _png(out / "gates.png")
+    assert image.text["prernn:panels"] == "6" and image.text["prernn:rows"] == "2"
+    assert sorted(p.name for p in out.iterdir()) == ["gates.png", "summary.json"]  # no temporary files left
+
+
+def test_cli_forced_saturation_exact_counts_in_json(files, tmp_path):
+    result = _run(files["forced"], "--data", files["clips"], "-o", tmp_path / "r", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)  # exactly one JSON document on stdout
+    gates = {g["gate"]: g for g in document["models"][0]["gates"]}
+    assert gates["i"]["right_saturated_pct"] == 100.0 and gates["i"]["left_saturated_pct"] == 0.0
+    assert gates["f"]["left_saturated_pct"] == 100.0 and gates["f"]["unsaturated_pct"] == 0.0
+    assert gates["o"]["left_saturated_pct"] == 50.0 and gates["o"]["right_saturated_pct"] == 50.0
+    n = 4 * 4 * 256  # clips x frames x units
+    assert gates["o"]["histogram"] == [n // 2] + [0] * 8 + [n // 2]
+    assert document["models"][0]["layer_readings"][0]["verdict"] == "mostly"
+    assert document["panels"] == 3 and json.loads((tmp_path / "r" / "summary.json").read_text())["models"][0]["gates"][0]["gate"] == "i"
+
+
+def test_cli_compare_draws_both_models_in_one_figure(files, tmp_path):
+    out = tmp_path / "cmp"
+    result = _run(files["pre_gru"], "--compare", files["tra_gru"], "--data", files["clips"], "-o", out, "--max-clips", "2", "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gates.png", "summary.json"]
+    image = _png(out / "gates.png")
+    assert json.loads(image.text["prernn:models"]) == ["PreGRU", "TraGRU"]
+    assert json.loads(image.text["prernn:columns"]) == [["PreGRU", "r"], ["PreGRU", "z"], ["TraGRU", "r"], ["TraGRU", "z"]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["label"] for m in summary["models"]] == ["PreGRU", "TraGRU"]
+    assert all(m["clips"] == 2 and m["steps"] == 6 for m in summary["models"])
+    assert "PreGRU" in result.stdout and "TraGRU" in result.stdout
+
+
+def test_cli_compare_lstm_pair_labels_same_design_by_file(files, tmp_path):
+    result = _run(files["pre_lstm"], "--compare", files["tra_lstm"], "--data", files["clips"], "-o", tmp_path / "c", "--max-clips", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["panels"] == 6 + 3
+    same = _run(files["tra_lstm"], "--compare", files["tra_lstm"], "--data", files["clips"], "-o", tmp_path / "s", "--max-clips", "1", "--json")
+    assert [m["label"] for m in json.loads(same.stdout)["models"]] == ["TraLSTM (tra_lstm)"] * 2
+
+
+def test_cli_refuses_vrnn_with_one_line_error(files, tmp_path):
+    result = _run(files["pre_vrnn"], "--data", files["clips"], "-o", tmp_path / "v")
+    assert result.exit_code == 2
+    assert "VRNN has no gates" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()
+    compared = _run(files["pre_lstm"], "--compare", files["pre_vrnn"], "--data", files["clips"], "-o", tmp_path / "v")
+    assert compared.exit_code == 2 and "VRNN has no gates" in compared.stderr
+
+
+def test_cli_bad_inputs_are_clear_errors(files, tmp_path):
+    missing = _run(files["pre_gru"], "--data", tmp_path / "nope", "-o", tmp_path / "m")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    clash = _run(files["pre_gru"], "--data", files["clips"], "-o", a_file)
+    assert clash.exit_code == 2 and "is a file" in clash.stderr
+    not_a_model = _run(files["clips"] / "left" / "clip0" / "frame_0000.png", "--data", files["clips"])
+    assert not_a_model.exit_code == 2
+
+
+def test_cli_all_clips_too_short_is_a_clear_error(files, tmp_path):
+    result = _run(files["pre_gru"], "--data", files["clips"], "-o", tmp_path / "t", "--steps", "9")
+    assert result.exit_code == 2 and "were skipped" in result.stderr and "too short" in result.stderr
+
+
+def test_windowed_clips_carry_the_state_exactly(files):
+    from prernn_cli.analyze import analyze_model, clip_batches
+    from prernn_cli.checkpoint import load_converted
+
+    model = load_converted(files["pre_lstm"])
+    whole = analyze_model(model, clip_batches(files["clips"], model.spec.input, max_clips=2))
+    windowed = analyze_model(model, clip_batches(files["clips"], model.spec.input, max_clips=2, window=3))
+    assert (whole.clips, whole.steps) == (windowed.clips, windowed.steps) == (2, 8)
+    for key, fractions in whole.unit_left.items():
+        np.testing.assert_array_equal(fractions, windowed.unit_left[key])
+        np.testing.assert_array_equal(whole.unit_right[key], windowed.unit_right[key])
+    assert [g.histogram for g in whole.gates] == [g.histogram for g in windowed.gates]

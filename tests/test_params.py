@@ -14,6 +14,7 @@ from prernn_cli.params import (
     ALL_CELLS,
     LayerShape,
     account_checkpoint,
+    account_layers,
     count_parameters,
     match_traditional_hidden_size,
     parse_cells,
@@ -98,8 +99,8 @@ def test_biases_are_counted_separately():
         assert prernn_params(fc7, cell, biases=True) - prernn_params(fc7, cell) == (g - 1) * 4096
         # conv without bias: G-1 extra copies of its BatchNorm's weight and bias.
         assert prernn_params(res, cell, biases=True) - prernn_params(res, cell) == (g - 1) * 2 * 2048
-        # traditional: bias_ih + bias_hh per layer.
-        assert traditional_params(100, 7, cell, num_layers=2, biases=True) - traditional_params(100, 7, cell, num_layers=2) == 2 * 2 * g * 7
+        # traditional: each layer's bias_ih (the cells have no bias_hh).
+        assert traditional_params(100, 7, cell, num_layers=2, biases=True) - traditional_params(100, 7, cell, num_layers=2) == 2 * g * 7
     assert sih_params(fc7, LSTM, biases=True) == sih_params(fc7, LSTM)
 
 
@@ -131,22 +132,33 @@ def test_counts_are_monotonic():
 
 def test_several_layers_sum_and_traditional_stack():
     fc6, fc7 = HAND_SHAPES[("vgg16", "fc6")], HAND_SHAPES[("vgg16", "fc7")]
+    # default: one traditional layer matched to the summed PreRNN count (what `convert --traditional` builds)
     report = count_parameters([fc6, fc7], feature_size=4096, base_params=1_000)
-    assert report.traditional_layers == 2
+    assert report.traditional_layers == 1
     for cell in ALL_CELLS:
         acc = report.cell(cell)
         assert acc.prernn.recurrent_params == prernn_params(fc6, cell) + prernn_params(fc7, cell)
-        assert acc.prernn.hidden_sizes == (4096, 4096)
+        assert acc.prernn.hidden_sizes == (4096, 4096) and acc.prernn.num_layers == 2
         tra = acc.traditional
-        assert tra.num_layers == 2 and tra.hidden_sizes == (acc.traditional_hidden_size,) * 2
-        assert tra.recurrent_params == traditional_params(4096, acc.traditional_hidden_size, cell, 2)
+        assert tra.num_layers == 1 and tra.hidden_sizes == (acc.traditional_hidden_size,)
+        assert tra.recurrent_params == traditional_params(4096, acc.traditional_hidden_size, cell)
         assert abs(tra.recurrent_params - acc.prernn.recurrent_params) / acc.prernn.recurrent_params < 1e-3
         for count in acc.designs:
-            if count.available:
+            if count.available:  # no output layer given: the head is kept
                 assert count.total_params == 1_000 + count.recurrent_params_with_biases
-    single = count_parameters([fc6, fc7], feature_size=4096, base_params=0, traditional_layers=1)
-    assert single.traditional_layers == 1 and single.cell(LSTM).traditional.num_layers == 1
-    assert single.cell(LSTM).traditional_hidden_size > report.cell(LSTM).traditional_hidden_size
+    # the paper's 2-layer TraRNN: a stack of two layers of one size, matched as a whole
+    stack = count_parameters([fc6, fc7], feature_size=4096, base_params=0, traditional_layers=2)
+    tra = stack.cell(LSTM).traditional
+    assert stack.traditional_layers == 2 and tra.num_layers == 2 and tra.hidden_sizes == (stack.cell(LSTM).traditional_hidden_size,) * 2
+    assert tra.recurrent_params == traditional_params(4096, tra.hidden_sizes[0], LSTM, 2)
+    assert stack.cell(LSTM).traditional_hidden_size < report.cell(LSTM).traditional_hidden_size
+    assert "sizing estimate" in stack.traditional_note
+    # the traditional design re-makes the output layer (4096 -> 1000) to read H' features
+    with_head = count_parameters([fc7], feature_size=4096, base_params=10**8, output_size=1000, output_layer_params=4096 * 1000 + 1000)
+    for acc in with_head.cells:
+        h = acc.traditional_hidden_size
+        assert acc.traditional.total_params == 10**8 + acc.traditional.recurrent_params_with_biases + (h - 4096) * 1000
+        assert acc.prernn.total_params == 10**8 + acc.prernn.recurrent_params_with_biases
 
 
 def test_report_json_and_errors():
@@ -233,3 +245,62 @@ def test_cli_errors_are_one_line(args, needle):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert result.stdout == ""
+
+
+# ------------------------------------------------------------------ agreement with the models `convert` builds
+
+
+@pytest.mark.parametrize(("arch", "layers"), [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])])
+def test_totals_match_converted_models(arch, layers):
+    """``total_params`` is the parameter count of what ``convert`` builds; traditional H' is the one it picks."""
+    from prernn_cli.architectures import architecture_input, build_empty_architecture, paper_aliases
+    from prernn_cli.model import convert
+
+    model = build_empty_architecture(arch)  # meta device: shapes only
+    input_spec, aliases = architecture_input(arch), paper_aliases(arch, model)
+    report = account_layers(model, input_spec, layers, aliases, architecture=arch)
+    for acc in report.cells:
+        for count in acc.designs:
+            if not count.available:
+                continue
+            converted = convert(
+                model, arch, input_spec, layers, acc.cell, aliases=aliases,
+                sih=count.design is Design.SIH, traditional=count.design is Design.TRADITIONAL,
+            )
+            assert sum(p.numel() for p in converted.parameters()) == count.total_params, (acc.cell, count.design)
+            assert tuple(layer.hidden_size for layer in converted.spec.layers) == count.hidden_sizes
+
+
+def test_cli_with_a_checkpoint(tmp_path):
+    import torch
+
+    from prernn_cli.architectures import build_architecture
+
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": build_architecture("digit_vgg").state_dict()}, path)
+    result = _invoke("params", str(path), "--layer", "fc6,fc7", "--cell", "lstm,gru", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["architecture"] == "digit_vgg"  # identified from the weights
+    assert [layer["name"] for layer in doc["layers"]] == ["classifier.0", "classifier.3"]
+    assert list(doc["cells"]) == ["lstm", "gru"]
+    fc6 = LayerShape("classifier.0", 1024 * 256, 256, 1024)
+    fc7 = LayerShape("classifier.3", 256 * 256, 256, 256)
+    assert doc["cells"]["lstm"]["sih_over_prernn"] == pytest.approx(table3_ratio([fc6, fc7], LSTM))
+    assert doc["cells"]["gru"]["designs"]["prernn"]["recurrent_params"] == prernn_params(fc6, GRU) + prernn_params(fc7, GRU)
+
+
+def test_cli_refuses_a_converted_model(tmp_path):
+    from prernn_cli.architectures import architecture_input, build_architecture, paper_aliases
+    from prernn_cli.checkpoint import save_converted
+    from prernn_cli.model import convert
+
+    base = build_architecture("digit_vgg")
+    converted = convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], LSTM, aliases=paper_aliases("digit_vgg", base))
+    path = tmp_path / "converted.safetensors"
+    save_converted(converted, path)
+    result = _invoke("params", str(path), "--layer", "fc6")
+    assert result.exit_code == 2, result.output
+    assert "already a converted prernn model" in result.stderr and "--arch digit_vgg" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -20,13 +20,18 @@ import contextlib
 import difflib
 import functools
 import importlib
+import json
 import logging
 import math
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import torch
+import torchvision
 from torch import nn
 from torchvision import models as tv_models
 
@@ -165,12 +170,29 @@ def build_architecture(name: str, num_classes: int | None = None, **options: obj
 
 
 @contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def _no_init() -> Iterator[None]:
+    """Make every ``torch.nn.init`` initialiser a no-op (on ``meta`` they would run as slow reference code)."""
+
+    def no_init(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return tensor
+
+    initialisers = {name: getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
+    for name in initialisers:
+        setattr(nn.init, name, no_init)
+    try:
+        yield
+    finally:
+        for name, function in initialisers.items():
+            setattr(nn.init, name, function)
+
+
+@contextlib.contextmanager
+def _registered_on_meta() -> Iterator[None]:
     """Move every parameter and buffer to ``meta`` as it is registered.
 
     For builders that compute with tensors in ``__init__`` (regnet) and so fail under
-    ``torch.device("meta")``: tensors are made on the CPU (``torch.empty``, no
-    initialisation cost) and moved before any ``reset_parameters`` runs on them.
+    ``torch.device("meta")``: tensors are made on the CPU with ``torch.empty`` (pages
+    never touched) and moved before anything initialises them.
     """
     register_parameter = nn.Module.register_parameter
     register_buffer = nn.Module.register_buffer
@@ -195,15 +217,18 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def build_empty_architecture(name: str, num_classes: int | None = None, **options: object) -> nn.Module:
-    """Build ``name`` with every parameter and buffer on the ``meta`` device (shapes only, no memory)."""
+    """Build ``name`` with every parameter and buffer on the ``meta`` device (shapes only, no memory, no init)."""
     try:
-        with torch.device("meta"):
+        with _no_init(), torch.device("meta"):
             model = _construct(name, num_classes, options)
     except ArchitectureError:
         raise
-    except Exception:  # a builder that computes with tensors while constructing
-        with _parameters_on_meta():
+    except Exception:  # noqa: BLE001 - a builder that computes with tensors while constructing
+        with _no_init(), _registered_on_meta():
             model = _construct(name, num_classes, options)
+    stray = [key for key, tensor in [*model.named_parameters(), *model.named_buffers()] if not tensor.is_meta]
+    if stray:  # a module that bypasses register_parameter/register_buffer
+        model = model.to("meta")
     return model.eval()
 
 
@@ -303,7 +328,8 @@ def paper_aliases(name: str | None, model: nn.Module) -> dict[str, str]:
             if isinstance(last_stage, nn.Sequential) and len(last_stage):
                 block = f"{stages[-1]}.{len(last_stage) - 1}"
                 if isinstance(modules.get(f"{block}.conv3"), nn.Conv2d):
-                    aliases["res5c"] = aliases["res5c-branch2c"] = f"{block}.conv3"
+                    # both names; "res5c" last, so that it is the one shown (a name's last alias wins)
+                    aliases["res5c-branch2c"] = aliases["res5c"] = f"{block}.conv3"
                 elif isinstance(modules.get(f"{block}.conv2"), nn.Conv2d):
                     aliases["res5c"] = f"{block}.conv2"
     return aliases
@@ -327,10 +353,78 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]
     return {key: tuple(value.shape) for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
 
 
+def signature_cache_file() -> Path:
+    """Where the key names and shapes of the built-in architectures are cached between runs.
+
+    ``$PRERNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/prernn`` (``~/.cache/prernn``); one file per
+    torch/torchvision version, since the architectures only change with them.
+    """
+    root = os.environ.get("PRERNN_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prernn")
+    return Path(root) / f"architecture-signatures-torch{torch.__version__}-torchvision{torchvision.__version__}.json"
+
+
+class _SignatureCache:
+    """Signatures of the built-in architectures (default build), kept in memory and on disk."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.entries: dict[str, dict[str, list[int]]] = {}
+        self.dirty = False
+
+    def _sync_path(self) -> None:
+        path = signature_cache_file()
+        if path != self.path:
+            self.path, self.entries, self.dirty = path, {}, False
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def get(self, name: str) -> Signature | None:
+        self._sync_path()
+        entry = self.entries.get(name)
+        return {key: tuple(shape) for key, shape in entry.items()} if isinstance(entry, dict) else None
+
+    def put(self, name: str, signature: Signature) -> None:
+        self._sync_path()
+        self.entries[name] = {key: list(shape) for key, shape in signature.items()}
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write new entries (best effort: a read-only home only costs speed)."""
+        if not self.dirty or self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.entries, handle)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError as error:
+            logger.info("could not write the architecture cache %s: %s", self.path, error)
+
+
+_DISK_CACHE = _SignatureCache()
+
+
+def _cacheable(name: str) -> bool:
+    return name == C3D_NAME or name in _torchvision_models()
+
+
 @functools.lru_cache(maxsize=None)
 def _signature(name: str, num_classes: int | None, options: tuple[tuple[str, object], ...]) -> Signature:
+    on_disk = num_classes is None and _cacheable(name)
+    cache_key = name + "".join(f";{key}={value!r}" for key, value in options)
+    if on_disk:
+        cached = _DISK_CACHE.get(cache_key)
+        if cached is not None:
+            return cached
     model = build_empty_architecture(name, num_classes, **dict(options))
-    return _shapes(model.state_dict())
+    signature = _shapes(model.state_dict())
+    if on_disk:
+        _DISK_CACHE.put(cache_key, signature)
+    return signature
 
 
 def _variants(name: str) -> list[dict[str, object]]:
@@ -447,11 +541,13 @@ def match_architecture(state_dict: Mapping[str, torch.Tensor]) -> ArchitectureMa
         match, _ = _try_fit(name, found)
         if match is not None:
             logger.info("identified architecture %s from the weights", name)
+            _DISK_CACHE.save()
             return match
         expected = _signature(name, None, ())
         common = len(expected.keys() & found.keys())
         same = sum(1 for key in expected.keys() & found.keys() if expected[key] == found[key])
         overlaps.append(((common + same) / (2 * len(expected.keys() | found.keys())), name))
+    _DISK_CACHE.save()
     overlaps.sort(reverse=True)
     closest = ", ".join(f"{name} ({score:.0%} of keys)" for score, name in overlaps[:3])
     raise CheckpointError(

@@ -60,6 +60,13 @@ class DigitVGG(nn.Module):
             nn.Dropout(p=0.5),
             nn.Linear(256, num_classes),
         )
+        for module in self.modules():  # torchvision's VGG initialisation: trains without BatchNorm
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[N, num_classes]`` for images ``x`` of shape ``[N, 3, 32, 32]``."""
@@ -150,6 +157,13 @@ class DigitC3D(nn.Module):
         self.fc8 = nn.Linear(256, num_classes)
         self.dropout = nn.Dropout(p=0.5)
         self.relu = nn.ReLU()
+        for module in self.modules():  # as DigitVGG: He init for convs, small normal for fc layers
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[N, num_classes]`` for snippets ``x`` of shape ``[N, 3, 4, 32, 32]``."""

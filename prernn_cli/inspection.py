@@ -1,0 +1,184 @@
+"""What ``prernn inspect`` reports about a checkpoint, as data (the CLI only renders it).
+
+:func:`inspect_checkpoint` loads a checkpoint and returns an :class:`Inspection`:
+its format, architecture, parameter counts, expected input, every module with
+its convertibility (from :func:`prernn_cli.surgery.analyze_network`) and paper
+aliases, and — for a model prernn converted — its recurrent structure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from prernn_cli.architectures import build_empty_architecture, paper_aliases
+from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_checkpoint
+from prernn_cli.errors import PrernnError
+from prernn_cli.spec import InputSpec, ModelSpec
+from prernn_cli.surgery import LayerReport, NetworkReport, analyze_network
+
+__all__ = ["Inspection", "RecurrentLayerRow", "inspect_checkpoint", "inspect_loaded", "is_weight_layer"]
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+def is_weight_layer(layer: LayerReport) -> bool:
+    """Whether ``layer`` is an fc or conv layer (the rows ``inspect`` shows by default)."""
+    return layer.type in _WEIGHT_LAYER_TYPES or layer.convertible
+
+
+@dataclass(frozen=True)
+class RecurrentLayerRow:
+    """One recurrent layer of a converted model."""
+
+    index: int
+    name: str  # the base network's layer it was made from (for a traditional layer: the layer it sits under)
+    alias: Optional[str]  # paper alias of ``name`` on the base architecture
+    kind: str
+    input_size: int
+    hidden_size: int
+    activation: str
+    params: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """Everything ``inspect`` shows about one checkpoint."""
+
+    path: str
+    format: CheckpointFormat
+    architecture: Optional[str]
+    identified: bool
+    num_classes: Optional[int]
+    total_params: int
+    trainable_params: int
+    input_spec: InputSpec
+    input_known: bool
+    aliases: dict[str, str]
+    network: Optional[NetworkReport]  # None for a converted model (see ``spec`` / ``recurrent``)
+    spec: Optional[ModelSpec] = None
+    recurrent: tuple[RecurrentLayerRow, ...] = ()
+
+    def rows(self, show_all: bool = False) -> list[LayerReport]:
+        """The layers to list: every module with ``show_all``, else the fc/conv layers."""
+        if self.network is None:
+            return []
+        return list(self.network.layers) if show_all else [layer for layer in self.network.layers if is_weight_layer(layer)]
+
+    def convertible(self) -> list[LayerReport]:
+        return self.network.convertible() if self.network is not None else []
+
+    def why_none_convertible(self) -> Optional[str]:
+        """Why the network has no convertible layer (None when it has some, or is already converted)."""
+        if self.network is None or self.convertible():
+            return None
+        if not self.network.traced:
+            return self.network.trace_error
+        weight_layers = [layer for layer in self.network.layers if is_weight_layer(layer)]
+        if not weight_layers:
+            return "it has no fc or conv layer"
+        reasons = Counter(layer.reason for layer in weight_layers if layer.reason)
+        common = "; ".join(f"{count}× {reason}" for reason, count in reasons.most_common(2))
+        return f"none of its {len(weight_layers)} fc/conv layers qualifies ({common})"
+
+    def to_json(self, show_all: bool = False) -> dict:
+        network = self.network
+        return {
+            "path": self.path,
+            "format": self.format.value,
+            "architecture": self.architecture,
+            "identified": self.identified,
+            "num_classes": self.num_classes,
+            "parameters": {"total": self.total_params, "trainable": self.trainable_params},
+            "input": {**self.input_spec.to_dict(), "known": self.input_known},
+            "aliases": dict(self.aliases),
+            "traced": network.traced if network is not None else None,
+            "trace_error": network.trace_error if network is not None else None,
+            "output_layer": network.output_layer if network is not None else None,
+            "feature_size": network.feature_size if network is not None else None,
+            "convertible": [layer.name for layer in self.convertible()],
+            "no_convertible_reason": self.why_none_convertible(),
+            "layers": [layer.to_json() for layer in self.rows(show_all)],
+            "converted": self.spec.to_dict() if self.spec is not None else None,
+            "recurrent_layers": [row.to_json() for row in self.recurrent],
+        }
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    total = trainable = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return total, trainable
+
+
+def _base_aliases(spec: ModelSpec) -> dict[str, str]:
+    try:
+        base = build_empty_architecture(spec.base_architecture, spec.base_num_classes)
+    except PrernnError as error:
+        logger.info("no paper aliases for %s: %s", spec.base_architecture, error)
+        return {}
+    return paper_aliases(spec.base_architecture, base)
+
+
+def _recurrent_rows(model: nn.Module, spec: ModelSpec, aliases: dict[str, str]) -> tuple[RecurrentLayerRow, ...]:
+    layers = getattr(model, "recurrent_layers", None)
+    by_name = {name: alias for alias, name in aliases.items()}  # as analyze_network: a name's last alias wins
+    rows = []
+    for index, layer_spec in enumerate(spec.layers):
+        params = sum(p.numel() for p in layers[index].parameters()) if layers is not None and index < len(layers) else 0
+        rows.append(
+            RecurrentLayerRow(
+                index=index, name=layer_spec.name, alias=by_name.get(layer_spec.name), kind=layer_spec.kind.value, input_size=layer_spec.input_size,
+                hidden_size=layer_spec.hidden_size, activation=layer_spec.activation, params=params,
+            )
+        )
+    return tuple(rows)
+
+
+def inspect_loaded(loaded: LoadedCheckpoint, path: Path | str = "") -> Inspection:
+    """Describe an already loaded checkpoint."""
+    total, trainable = _count(loaded.model)
+    if loaded.spec is not None:
+        base_aliases = _base_aliases(loaded.spec)
+        network = None
+        recurrent = _recurrent_rows(loaded.model, loaded.spec, base_aliases)
+    else:
+        base_aliases = paper_aliases(loaded.architecture, loaded.model)
+        network = analyze_network(loaded.model, loaded.input_spec, base_aliases)
+        recurrent = ()
+    num_classes = loaded.num_classes
+    if num_classes is None and network is not None and network.output_layer:
+        output = loaded.model.get_submodule(network.output_layer)
+        num_classes = getattr(output, "out_features", None) or getattr(output, "out_channels", None)
+    return Inspection(
+        path=str(path),
+        format=loaded.format,
+        architecture=loaded.architecture,
+        identified=loaded.identified,
+        num_classes=num_classes,
+        total_params=total,
+        trainable_params=trainable,
+        input_spec=loaded.input_spec,
+        input_known=loaded.input_known,
+        aliases=base_aliases,
+        network=network,
+        spec=loaded.spec,
+        recurrent=recurrent,
+    )
+
+
+def inspect_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: bool = False) -> Inspection:
+    """Load ``path`` (see :func:`~prernn_cli.checkpoint.load_checkpoint`) and describe it."""
+    return inspect_loaded(load_checkpoint(path, arch=arch, trust_pickle=trust_pickle), path)

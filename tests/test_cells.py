@@ -1,0 +1,201 @@
+"""The Pre-cells against the paper's equations, written out again here as plainly as possible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from prernn_cli.cells import ConvGeometry, PreGRU, PreLSTM, PreVRNN
+from prernn_cli.spec import CellType, InitScheme, LayerKind
+
+B, T, IN, H = 2, 4, 7, 5
+CELLS = [(PreVRNN, False), (PreLSTM, False), (PreLSTM, True), (PreGRU, False), (PreGRU, True)]
+
+
+def _randomize(layer: nn.Module) -> None:
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.normal_(0.0, 0.5)
+
+
+def _reference(layer, x: torch.Tensor, h0, c0=None):
+    """Eqs. 5–12 step by step, one gate at a time, from the layer's weights."""
+    Wi, bi, Wh = layer.weight_ih, layer.bias_ih, layer.weight_hh
+    sig, tanh = torch.sigmoid, torch.tanh
+
+    def u(gate: int, x_t):  # u_t(g): the gate's own copy, or SIH's single v_t
+        index = 0 if layer.sih else gate
+        return x_t @ Wi[index * H:(index + 1) * H].T + bi[index * H:(index + 1) * H]
+
+    def w(gate: int):
+        return Wh[gate * H:(gate + 1) * H]
+
+    h, c, outs = h0, c0, []
+    for t in range(x.shape[1]):
+        x_t = x[:, t]
+        if isinstance(layer, PreVRNN):  # Eq. 6 with H = ReLU
+            h = torch.relu(u(0, x_t) + h @ w(0).T)
+        elif isinstance(layer, PreLSTM):  # Eq. 8, gates (i, f, c~, o)
+            i = sig(u(0, x_t) + h @ w(0).T)
+            f = sig(u(1, x_t) + h @ w(1).T)
+            c_tilde = tanh(u(2, x_t) + h @ w(2).T)
+            o = sig(u(3, x_t) + h @ w(3).T)
+            c = f * c + i * c_tilde
+            h = o * tanh(c)
+        else:  # Eq. 9, Cho et al.'s GRU, gates (r, z, h~)
+            r = sig(u(0, x_t) + h @ w(0).T)
+            z = sig(u(1, x_t) + h @ w(1).T)
+            h_tilde = tanh(u(2, x_t) + (r * h) @ w(2).T)
+            h = (1 - z) * h + z * h_tilde
+        outs.append(h)
+    return torch.stack(outs, 1), h, c
+
+
+@pytest.mark.parametrize("cls,sih", CELLS)
+def test_cell_matches_equations(cls, sih):
+    layer = cls(IN, H, sih=sih)
+    _randomize(layer)
+    x = torch.randn(B, T, IN)
+    h0 = torch.randn(B, H)
+    c0 = torch.randn(B, H)
+    state = (h0, c0) if cls is PreLSTM else h0
+    out, last = layer(x, state=state)
+    ref_out, ref_h, ref_c = _reference(layer, x, h0, c0)
+    assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    if cls is PreLSTM:
+        assert_close(last[0], ref_h, rtol=1e-5, atol=1e-5)
+        assert_close(last[1], ref_c, rtol=1e-5, atol=1e-5)
+    else:
+        assert_close(last, ref_h, rtol=1e-5, atol=1e-5)
+
+
+def test_prelstm_equals_torch_lstmcell_with_its_weights():
+    layer = PreLSTM(IN, H)
+    _randomize(layer)
+    reference = nn.LSTMCell(IN, H)
+    with torch.no_grad():
+        reference.weight_ih.copy_(layer.weight_ih)
+        reference.weight_hh.copy_(layer.weight_hh)
+        reference.bias_ih.copy_(layer.bias_ih)
+        reference.bias_hh.zero_()
+    x = torch.randn(B, T, IN)
+    out, (h_n, c_n) = layer(x)
+    h = c = torch.zeros(B, H)
+    for t in range(T):
+        h, c = reference(x[:, t], (h, c))
+        assert_close(out[:, t], h, rtol=1e-5, atol=1e-6)
+    assert_close(c_n, c, rtol=1e-5, atol=1e-6)
+
+
+def test_pregru_is_cho_form_not_torch_gru():
+    """Same weights in torch.nn.GRUCell give a different sequence: the reset gate sits elsewhere."""
+    layer = PreGRU(IN, H)
+    _randomize(layer)
+    reference = nn.GRUCell(IN, H)
+    with torch.no_grad():
+        reference.weight_ih.copy_(layer.weight_ih)
+        reference.weight_hh.copy_(layer.weight_hh)
+        reference.bias_ih.copy_(layer.bias_ih)
+        reference.bias_hh.zero_()
+    x = torch.randn(B, T, IN)
+    out, _ = layer(x, state=torch.randn(B, H))
+    ours_from_zero, _ = layer(x)
+    h = torch.zeros(B, H)
+    for t in range(T):
+        h = reference(x[:, t], h)
+    assert not torch.allclose(ours_from_zero[:, -1], h, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls,sih", CELLS)
+def test_pretrained_weights_are_copied_per_gate(cls, sih):
+    pretrained = nn.Linear(IN, H)
+    layer = cls(IN, H, sih=sih)
+    layer.load_pretrained(pretrained.weight, pretrained.bias)
+    copies = 1 if sih else cls.cell.num_gates
+    assert layer.weight_ih.shape == (copies * H, IN)
+    assert layer.weight_hh.shape == (cls.cell.num_gates * H, H)
+    for block, bias in zip(layer.weight_ih.split(H), layer.bias_ih.split(H)):
+        assert torch.equal(block, pretrained.weight)
+        assert torch.equal(bias, pretrained.bias)
+
+
+def test_sih_vrnn_is_refused():
+    with pytest.raises(ValueError, match="SIH"):
+        PreVRNN(IN, H, sih=True)
+
+
+@pytest.mark.parametrize("scheme", list(InitScheme))
+def test_hidden_init_schemes(scheme):
+    layer = PreLSTM(IN, H, init_hh=scheme)
+    blocks = layer.weight_hh.detach().split(H)
+    if scheme is InitScheme.ZEROS:
+        assert all(torch.count_nonzero(block) == 0 for block in blocks)
+    elif scheme is InitScheme.ORTHOGONAL:
+        for block in blocks:
+            assert_close(block @ block.T, torch.eye(H), atol=1e-5, rtol=0)
+    else:
+        assert all(block.abs().max() > 0 for block in blocks)
+        bound = 1 / H ** 0.5 if scheme is InitScheme.UNIFORM else (6 / (2 * H)) ** 0.5
+        assert layer.weight_hh.abs().max() <= bound + 1e-6
+
+
+@pytest.mark.parametrize("cls,sih", CELLS)
+def test_every_parameter_gets_a_gradient(cls, sih):
+    layer = cls(IN, H, sih=sih)
+    out, _ = layer(torch.randn(B, T, IN))
+    out.square().sum().backward()
+    grads = [name for name, p in layer.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert sorted(grads) == sorted(name for name, _ in layer.named_parameters())
+
+
+@pytest.mark.parametrize("sih", [False, True])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_conv_projection_is_pooled_batchnorm_plus_shortcut(sih, dims):
+    conv_cls, bn_cls = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    conv = conv_cls(4, 6, kernel_size=3, padding=1, bias=False)
+    bn = bn_cls(6)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    bn.eval()
+    geometry = ConvGeometry.from_module(conv, bn, shortcut=True)
+    layer = PreGRU(4, 6, kind=LayerKind.CONV, sih=sih, bias=False, conv=geometry)
+    layer.load_pretrained(conv.weight, None, bn)
+    spatial = (5, 5) if dims == 2 else (3, 5, 5)
+    x = torch.randn(3, 4, *spatial)
+    shortcut = torch.randn(3, 6, *spatial)
+    expected = (bn(conv(x)) + shortcut).mean(dim=tuple(range(2, 2 + dims)))  # P(B(W * x) + γ)
+    projected = layer.project(x, shortcut)
+    copies = 1 if sih else 3
+    assert projected.shape == (3, copies * 6)
+    for block in projected.split(6, dim=1):
+        assert_close(block, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_observer_sees_every_step():
+    layer = PreLSTM(IN, H)
+    seen = []
+    layer(torch.randn(B, T, IN), gate_observer=lambda index, gates: seen.append((index, sorted(gates))))
+    assert len(seen) == T
+    assert seen[0] == (0, ["f", "g", "i", "o"])
+    gru = PreGRU(IN, H)
+    seen.clear()
+    gru(torch.randn(B, T, IN), gate_observer=lambda index, gates: seen.append(sorted(gates)))
+    assert seen == [["r", "z"]] * T
+
+
+def test_state_carries_across_chunks():
+    layer = PreLSTM(IN, H)
+    x = torch.randn(B, 2 * T, IN)
+    whole, _ = layer(x)
+    first, state = layer(x[:, :T])
+    second, _ = layer(x[:, T:], state=state)
+    assert_close(torch.cat([first, second], 1), whole)
+
+
+def test_cell_type_gates():
+    assert [CellType.VRNN.num_gates, CellType.GRU.num_gates, CellType.LSTM.num_gates] == [1, 3, 4]

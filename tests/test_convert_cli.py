@@ -1,0 +1,92 @@
+"""`prernn convert` end to end on the shipped sample checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prernn_cli.checkpoint import load_converted
+from prernn_cli.cli import app
+from prernn_cli.spec import CellType, Design, HeadKind
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def test_convert_gru_sih_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "pregru.safetensors"
+    result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "gru", "--sih", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["design"] == "sih" and summary["cell"] == "gru"
+    assert summary["new_params"] == 3 * 256 * 256  # only W_hr, W_hz, W_hh are new
+    assert summary["table3_ratio"] == pytest.approx(3 * 256**2 / (2 * 1024 * 256 + 3 * 256**2))
+    model = load_converted(out)
+    assert model.spec.cell is CellType.GRU and model.spec.sih and model.spec.design is Design.SIH
+    base = torch.load(SAMPLES / "digit_vgg.pt", weights_only=True)
+    assert torch.equal(model.layers[0].weight_ih, base["classifier.0.weight"])
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_convert_prints_what_changed(tmp_path):
+    result = _run("convert", SAMPLES / "digit_resnet.pt", "--layer", "res5c", "--cell", "lstm", "--num-classes", "2", "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "PreLSTM" in result.stdout and "layer3.1.conv2" in result.stdout and "Table 3" in result.stdout
+    model = load_converted(tmp_path / "m.safetensors")
+    assert model.spec.head is HeadKind.CLASSIFY and model.spec.outputs == 2
+    assert model(torch.randn(1, 2, 3, 32, 32))[0].shape == (1, 2, 2)
+
+
+def test_convert_traditional_baseline(tmp_path):
+    out = tmp_path / "tra.safetensors"
+    result = _run("convert", SAMPLES / "digit_c3d.pt", "--layer", "fc6,fc7", "--cell", "gru", "--traditional", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["design"] == "traditional"
+    model = load_converted(out)
+    assert model.spec.traditional and model.layers[0].input_size == 256
+    assert model(torch.randn(1, 2, 3, 4, 32, 32))[0].shape == (1, 2, 10)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--layer", "fc9", "--cell", "gru"], "unknown layer 'fc9'"),
+        (["--layer", "classifier.6", "--cell", "gru"], "output layer"),
+        (["--layer", "features.0", "--cell", "gru"], "before global average pooling"),
+        (["--layer", "fc6", "--cell", "vrnn", "--sih"], "SIH"),
+        (["--layer", "fc6", "--cell", "gru", "--num-classes", "0"], "--num-classes must be at least 1"),
+        (["--layer", "fc6", "--cell", "rnn"], "unknown cell"),
+        (["--layer", "fc6,fc6", "--cell", "gru"], "named twice"),
+        (["--layer", "fc6", "--cell", "gru", "--sih", "--traditional"], "exclude each other"),
+    ],
+)
+def test_bad_requests_exit_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "m.safetensors"
+    result = _run("convert", SAMPLES / "digit_vgg.pt", *args, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 or "error:" in result.stderr.splitlines()[0]
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_paths(tmp_path):
+    result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "gru", "-o", tmp_path)
+    assert result.exit_code == 2 and "is a directory" in result.stderr
+    result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "gru", "-o", tmp_path / "missing" / "m.safetensors")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_side_branch_conv_is_not_convertible_with_reason(tmp_path):
+    result = _run("convert", SAMPLES / "digit_resnet.pt", "--layer", "layer3.0.downsample.0", "--cell", "gru", "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 2
+    assert "cannot be converted" in result.stderr and "res5c" in result.stderr

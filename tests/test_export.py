@@ -1,0 +1,317 @@
+"""ONNX export and validation (issue 5, SPEC §5): real exports of the sample nets, run with onnxruntime.
+
+Every export here goes through ``torch.onnx.export(dynamo=True)`` (seconds each), so
+models are small (random weights, T ≤ 3) and shared through module-scoped fixtures;
+the full cell × SIH × fc/conv × 2D/3D sweep is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prernn_cli.architectures import architecture_input, build_architecture
+from prernn_cli.checkpoint import save_converted
+from prernn_cli.cli import app
+from prernn_cli.errors import ExportError, ShapeMismatchError, ToleranceError, UserInputError
+from prernn_cli.export import (
+    EXPORT_METADATA_KEY,
+    OnnxExportSpec,
+    Precision,
+    default_opset,
+    export_onnx,
+    flatten_state,
+    opset_range,
+    read_export_spec,
+    validate_onnx,
+)
+from prernn_cli.model import convert
+from prernn_cli.spec import SPEC_METADATA_KEY, CellType
+
+runner = CliRunner()
+
+# (architecture, layers, kind): fc on a 2D net, conv on a 2D net, fc on a 3D net
+NETS = {
+    "vgg_fc": ("digit_vgg", ["classifier.0", "classifier.3"]),
+    "resnet_conv": ("digit_resnet", ["layer3.1.conv2"]),
+    "c3d_fc": ("digit_c3d", ["fc6"]),
+}
+#: exported by the fast test_export_validates; the slow sweep covers the rest
+FAST_CASES = [("vgg_fc", "gru", True), ("resnet_conv", "lstm", False), ("c3d_fc", "vrnn", False)]
+
+
+def build(net: str, cell: str, sih: bool = False, traditional: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    arch, layers = NETS[net]
+    base = build_architecture(arch)
+    model = convert(base, arch, architecture_input(arch), layers, CellType(cell), sih=sih, traditional=traditional, class_names=[f"digit{i}" for i in range(10)])
+    return model.eval()
+
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def ort_run(session, frames: torch.Tensor, state: list[torch.Tensor]) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    feeds = dict(zip(names, [frames.numpy(), *[s.numpy() for s in state]]))
+    return session.run(None, feeds)
+
+
+def random_state(model, batch: int) -> list[torch.Tensor]:
+    return [0.5 * torch.randn_like(t) for t in flatten_state(model.initial_state(batch))]
+
+
+@pytest.fixture(scope="module")
+def lstm_export(tmp_path_factory):
+    """A 2-layer PreLSTM on the VGG-style net, exported with T=2, dynamic batch."""
+    model = build("vgg_fc", "lstm")
+    path = tmp_path_factory.mktemp("export") / "vgg_lstm.onnx"
+    result = export_onnx(model, path, OnnxExportSpec.create(model.spec, steps=2))
+    return model, path, result
+
+
+# ---------------------------------------------------------------- the export spec as data
+
+
+def test_opset_default_is_newest_supported_by_exporter_and_runtime():
+    low, high = opset_range()
+    assert 18 <= low <= high <= onnx.defs.onnx_opset_version()
+    assert default_opset() == high
+    # onnxruntime really loads that opset
+    from prernn_cli.export import _runtime_accepts_opset
+
+    assert _runtime_accepts_opset(high)
+
+
+def test_export_spec_names_and_axes():
+    model = build("vgg_fc", "lstm")
+    spec = OnnxExportSpec.create(model.spec, steps=4)
+    assert spec.input_names == ["frames", "h_0.0", "c_0.0", "h_0.1", "c_0.1"]
+    assert spec.output_names == ["outputs", "h_n.0", "c_n.0", "h_n.1", "c_n.1"]
+    assert spec.dynamic_axes["frames"] == {0: "batch"} and spec.dynamic_axes["h_n.1"] == {0: "batch"}
+    assert spec.input_shapes(2)["frames"] == (2, 4, 3, 32, 32)
+    assert (spec.atol, spec.rtol) == (1e-4, 1e-3) and spec.opset == default_opset()
+    half = OnnxExportSpec.create(model.spec, steps=1, half=True, batch="3")
+    assert half.precision is Precision.FP16 and half.atol > spec.atol and half.batch == 3 and half.dynamic_axes == {}
+    gru = OnnxExportSpec.create(build("c3d_fc", "gru").spec, steps=2)
+    assert gru.input_names == ["frames", "h_0.0"] and gru.input_shapes(1)["frames"] == (1, 2, 3, 4, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [({"steps": 0}, "--steps"), ({"opset": 99}, "opset 99"), ({"opset": 7}, "opset 7"), ({"batch": "0"}, "--batch"), ({"batch": "many"}, "--batch"), ({"atol": -1.0}, "--atol")],
+)
+def test_export_spec_rejects_bad_requests(kwargs, needle):
+    model_spec = build("c3d_fc", "vrnn").spec
+    with pytest.raises(ExportError, match=needle.replace("-", r"\-")):
+        OnnxExportSpec.create(model_spec, **kwargs)
+
+
+# ---------------------------------------------------------------- exported graphs
+
+
+def test_exported_file_layout_metadata_and_validation(lstm_export):
+    model, path, result = lstm_export
+    assert result.validation.passed and result.validation.compared_with_pytorch
+    checks = {c.check for c in result.validation.comparisons}
+    assert checks == {"random", "chunks"}
+    assert result.files == (path,) and not result.external_data
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files, no external data
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["frames", "h_0.0", "c_0.0", "h_0.1", "c_0.1"]
+    assert [o.name for o in proto.graph.output] == ["outputs", "h_n.0", "c_n.0", "h_n.1", "c_n.1"]
+    frames_dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert frames_dims == ["batch", 2, 3, 32, 32]
+    assert proto.opset_import[0].version == default_opset() or any(o.version == default_opset() for o in proto.opset_import if o.domain == "")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["prernn.layers"]) == ["classifier.0", "classifier.3"]
+    assert meta["prernn.cell"] == "lstm" and json.loads(meta["prernn.sih"]) is False
+    assert json.loads(meta["prernn.class_names"])[0] == "digit0"
+    assert json.loads(meta["prernn.preprocessing"])["mean"] == [0.5, 0.5, 0.5]
+    assert SPEC_METADATA_KEY in meta and EXPORT_METADATA_KEY in meta
+    assert read_export_spec(path).model_spec == model.spec
+
+
+def test_chunks_carrying_state_equal_one_long_pytorch_run(lstm_export):
+    model, path, _ = lstm_export
+    session = ort_session(path)
+    frames = torch.randn(2, 4, 3, 32, 32)
+    state = random_state(model, 2)
+    with torch.no_grad():
+        expected, expected_state = model(frames, [(state[0], state[1]), (state[2], state[3])])
+    first = ort_run(session, frames[:, :2], state)
+    second = ort_run(session, frames[:, 2:], [torch.from_numpy(a) for a in first[1:]])
+    torch.testing.assert_close(torch.from_numpy(np.concatenate([first[0], second[0]], axis=1)), expected, atol=1e-4, rtol=1e-3)
+    for got, want in zip(second[1:], flatten_state(expected_state)):
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_dynamic_batch_other_than_the_exports(lstm_export, batch):
+    model, path, _ = lstm_export
+    frames = torch.randn(batch, 2, 3, 32, 32)
+    state = random_state(model, batch)
+    with torch.no_grad():
+        expected, _ = model(frames, [(state[0], state[1]), (state[2], state[3])])
+    got = ort_run(ort_session(path), frames, state)
+    assert got[0].shape == (batch, 2, 10)
+    torch.testing.assert_close(torch.from_numpy(got[0]), expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("net, cell, sih", FAST_CASES, ids=["fc2d-gru-sih", "conv2d-lstm", "fc3d-vrnn"])
+def test_export_validates(tmp_path, net, cell, sih):
+    model = build(net, cell, sih)
+    result = export_onnx(model, tmp_path / "m.onnx", OnnxExportSpec.create(model.spec, steps=2))
+    assert result.validation.passed
+    assert all(c.max_abs < 1e-4 for c in result.validation.comparisons)
+
+
+SWEEP = [
+    (net, cell, sih, False)
+    for net in NETS
+    for cell, sih in [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)]
+    if (net, cell, sih) not in FAST_CASES  # already exported by test_export_validates
+] + [("vgg_fc", "lstm", False, True), ("resnet_conv", "gru", False, True)]  # traditional baselines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net, cell, sih, traditional", SWEEP, ids=[f"{n}-{c}{'-sih' if s else ''}{'-tra' if t else ''}" for n, c, s, t in SWEEP])
+def test_export_sweep_every_cell_sih_kind_and_backbone(tmp_path, net, cell, sih, traditional):
+    model = build(net, cell, sih, traditional)
+    result = export_onnx(model, tmp_path / "m.onnx", OnnxExportSpec.create(model.spec, steps=1))
+    assert result.validation.passed
+
+
+def test_fixed_batch_and_lowest_opset(tmp_path):
+    model = build("c3d_fc", "gru")
+    low, _ = opset_range()
+    result = export_onnx(model, tmp_path / "b2.onnx", OnnxExportSpec.create(model.spec, steps=1, batch=2, opset=low))
+    assert result.validation.passed
+    proto = onnx.load(str(result.path))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 1, 3, 4, 32, 32]
+    assert any(o.version == low for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_fp16_export_validates_within_its_tolerance(tmp_path, lstm_export):
+    model = build("vgg_fc", "lstm")
+    result = export_onnx(model, tmp_path / "half.onnx", OnnxExportSpec.create(model.spec, steps=2, half=True))
+    assert result.spec.precision is Precision.FP16 and result.validation.passed
+    assert all(c.max_abs <= c.atol + c.rtol * 10 for c in result.validation.comparisons)
+    session = ort_session(result.path)
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    fp32_size = lstm_export[2].size_bytes
+    assert result.size_bytes < 0.6 * fp32_size
+
+
+def test_failed_validation_leaves_nothing_unless_keep_invalid(tmp_path):
+    model = build("c3d_fc", "vrnn")
+    spec = OnnxExportSpec.create(model.spec, steps=1, atol=1e-30, rtol=1e-30)  # nothing passes this
+    with pytest.raises(ToleranceError, match="nothing was written") as info:
+        export_onnx(model, tmp_path / "m.onnx", spec)
+    assert list(tmp_path.iterdir()) == []
+    assert info.value.report is not None and not info.value.report.passed
+    with pytest.raises(ToleranceError, match="kept the invalid file"):
+        export_onnx(model, tmp_path / "m.onnx", spec, keep_invalid=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_validate_against_another_model_fails(tmp_path, lstm_export):
+    model, path, _ = lstm_export
+    other = build("vgg_fc", "lstm", seed=1)  # same structure, other weights
+    with pytest.raises(ToleranceError):
+        validate_onnx(path, other)
+    with pytest.raises(UserInputError, match="not the one"):
+        validate_onnx(path, build("vgg_fc", "gru"))
+
+
+def test_validate_without_reference_checks_structure(lstm_export):
+    _, path, _ = lstm_export
+    report = validate_onnx(path)
+    assert report.passed and not report.compared_with_pytorch and report.comparisons == ()
+
+
+def test_validate_catches_a_renamed_output(tmp_path, lstm_export):
+    _, path, _ = lstm_export
+    proto = onnx.load(str(path))
+    old = proto.graph.output[1].name
+    proto.graph.node.append(onnx.helper.make_node("Identity", [old], ["h_final"]))
+    proto.graph.output[1].name = "h_final"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(ShapeMismatchError, match="SPEC"):
+        validate_onnx(broken)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("converted")
+    path = folder / "c3d_gru.safetensors"
+    save_converted(build("c3d_fc", "gru", sih=True), path)
+    return path
+
+
+def test_cli_export_validate_roundtrip(tmp_path, converted):
+    model = tmp_path / "net.safetensors"
+    model.write_bytes(converted.read_bytes())
+    result = runner.invoke(app, ["export", str(model), "--onnx", "--steps", "1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    out = tmp_path / "net.step.onnx"  # the default name of a step model
+    assert data["path"] == str(out) and out.is_file() and data["validation"]["passed"]
+    assert {c["check"] for c in data["validation"]["comparisons"]} == {"random", "chunks"}
+    result = runner.invoke(app, ["validate", str(out), "--against", str(model)])
+    assert result.exit_code == 0, result.stderr
+    assert "chunks" in result.stdout and "valid" in result.stdout
+    result = runner.invoke(app, ["validate", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["compared_with_pytorch"] is False
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--opset", "99"], "outside the range"),
+        (["--batch", "0"], "--batch"),
+        (["-o", "{dir}"], "is a directory"),
+        (["--no-format"], "--onnx"),
+    ],
+    ids=["steps0", "opset", "batch", "outdir", "noformat"],
+)
+def test_cli_bad_export_requests_exit_2_one_line_nothing_written(tmp_path, converted, args, needle):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    argv = ["export", str(converted)] + ([] if args == ["--no-format"] else ["--onnx"])
+    argv += [a.replace("{dir}", str(out_dir)) for a in args if a != "--no-format"]
+    if "-o" not in argv:
+        argv += ["-o", str(out_dir / "m.onnx")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_cli_export_of_a_plain_checkpoint_says_convert_first(tmp_path):
+    plain = tmp_path / "digit_vgg.pt"
+    torch.save(build_architecture("digit_vgg").state_dict(), plain)
+    result = runner.invoke(app, ["export", str(plain), "--onnx", "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert "prernn convert" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit_vgg.pt"]
+
+
+def test_cli_validate_of_a_non_onnx_file_exits_2(tmp_path, converted):
+    result = runner.invoke(app, ["validate", str(converted)])
+    assert result.exit_code == 2 and "prernn export" in result.stderr

@@ -1,0 +1,207 @@
+"""The training loop and `prernn train` / `prernn evaluate` on real files (tiny sample nets, T <= 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from prernn_cli.architectures import architecture_input, build_architecture
+from prernn_cli.checkpoint import load_converted, save_converted
+from prernn_cli.cli import app
+from prernn_cli.data import Task, discover
+from prernn_cli.errors import TrainingError
+from prernn_cli.model import convert
+from prernn_cli.spec import CellType, HeadKind
+from prernn_cli.train import KILL_AFTER_STEP_ENV, TrainConfig, load_training_state, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import make_clip_tree, moving_square, write_frame_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+FAST = ["--workers", "0", "--steps", "4", "--batch-size", "2", "--device", "cpu"]
+
+
+def converted(arch: str = "digit_vgg", layer: str = "classifier.0", cell=CellType.GRU, sih=True, outputs=2, traditional=False, seed=0):
+    torch.manual_seed(seed)
+    base = build_architecture(arch)
+    head = HeadKind.CLASSIFY if outputs else HeadKind.ORIGINAL
+    return convert(base, arch, architecture_input(arch), [layer], cell, sih=sih, head=head, outputs=outputs, traditional=traditional)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    make_clip_tree(root / "train", per_class=3, num_frames=6)
+    make_clip_tree(root / "val", per_class=1, num_frames=6)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "gru_sih.safetensors"
+    save_converted(converted(), path)
+    return path
+
+
+def test_cli_train_then_evaluate(clips, model_file, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(model_file), "--data", str(clips), "-o", str(run), "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    for name in ("last.safetensors", "best.safetensors", "last.state.pt", "metrics.jsonl", "curves.png"):
+        assert (run / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    trained = load_converted(run / "last.safetensors")
+    assert trained.spec.class_names == ("left", "right") and trained.spec.task == "classify"
+
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", str(run / "best.safetensors"), "--data", str(clips), "--steps", "4", "--device", "cpu", "--json", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["metrics"]["clips"] == 2 and 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    assert set(report["per_class_accuracy"]) == {"left", "right"}
+    assert np.asarray(report["confusion_matrix"]).sum() == 2
+    assert (out / "confusion_val.png").stat().st_size > 0
+
+
+def _weights(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def test_killed_run_resumes_to_the_same_weights(clips, model_file, tmp_path):
+    """A run SIGKILLed mid-epoch and resumed ends exactly where an uninterrupted run ends (CPU)."""
+    args = ["train", str(model_file), "--data", str(clips), "--epochs", "2", "--checkpoint-every", "2", *FAST]
+    # 6 train clips, batch 2 -> 3 steps per epoch; saved at steps 2, 3 (epoch end), 4; killed after step 5
+    env = {**os.environ, KILL_AFTER_STEP_ENV: "5"}
+    killed = subprocess.run([sys.executable, "-m", "prernn_cli", *args, "-o", str(tmp_path / "a")], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert killed.returncode == -9, killed.stderr
+    state = load_training_state(tmp_path / "a")
+    assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (1, 1, 4)  # mid epoch 2; step 5 is lost
+    resumed = runner.invoke(app, [*args, "-o", str(tmp_path / "a"), "--resume", str(tmp_path / "a")])
+    assert resumed.exit_code == 0, resumed.output
+    full = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert full.exit_code == 0, full.output
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    history_a = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    history_b = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in history_a] == pytest.approx([r["train_loss"] for r in history_b], abs=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(clips, tmp_path):
+    splits = discover(clips)
+    config = TrainConfig(epochs=1, batch_size=2, steps=4, workers=0, device="cpu", lr=1e12, clip_grad=None, checkpoint_every=1, augment=False)
+    with pytest.raises(TrainingError, match="became") as info:
+        train(converted(), splits, tmp_path, config)
+    message = str(info.value)
+    assert "\n" not in message and "last good checkpoint" in message
+    last = _weights(tmp_path / "last.safetensors")
+    assert all(torch.isfinite(t).all() for t in last.values())
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("head", "--num-classes 2"),
+        ("resume_other", "another model"),
+        ("strict", "too short"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(clips, model_file, tmp_path, setup, message):
+    data, model, extra = clips, model_file, []
+    if setup == "head":
+        model = tmp_path / "ten.safetensors"
+        save_converted(converted(outputs=None), model)  # the sample's own 10-class head
+    elif setup == "resume_other":
+        other = tmp_path / "lstm.safetensors"
+        save_converted(converted(cell=CellType.LSTM, sih=False), other)
+        assert runner.invoke(app, ["train", str(other), "--data", str(clips), "-o", str(tmp_path / "other"), "--epochs", "1", "--max-steps", "1", *FAST]).exit_code == 0
+        extra = ["--resume", str(tmp_path / "other")]
+    else:
+        data = tmp_path / "clips"
+        make_clip_tree(data, per_class=2, num_frames=6)
+        write_frame_folder(data / "left" / "short", moving_square(2, -1))
+        extra = ["--strict"]
+    result = runner.invoke(app, ["train", str(model), "--data", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", *FAST, *extra])
+    assert result.exit_code == 2, result.output
+    last_line = result.stderr.strip().splitlines()[-1]  # after any progress lines: one error line, no traceback
+    assert last_line.startswith("error:") and message in last_line and "Traceback" not in result.output
+
+
+def test_bad_clips_are_skipped_and_counted(tmp_path, model_file):
+    data = tmp_path / "clips"
+    make_clip_tree(data, per_class=2, num_frames=6)
+    (data / "left" / "corrupt.mp4").write_bytes(b"\x00garbage" * 50)
+    result = runner.invoke(app, ["train", str(model_file), "--data", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0", "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["path"] for s in report["skipped"]] == [str(data / "left" / "corrupt.mp4")]
+    assert report["history"][0]["skipped"] == 1
+
+
+def test_freeze_trunk_and_lr_groups(clips, tmp_path):
+    model = converted()
+    before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
+    layer_before = model.layers[0].weight_hh.detach().clone()
+    train(model, discover(clips), tmp_path, TrainConfig(epochs=1, batch_size=2, steps=4, workers=0, device="cpu", freeze_trunk=True, pretrained_lr_mult=0.0))
+    for key, value in model.trunk.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert not torch.equal(model.layers[0].weight_hh.detach(), layer_before)
+
+
+def test_regress_and_ctc_manifests(tmp_path):
+    make_clip_tree(tmp_path / "clips", per_class=2, num_frames=6)
+    paths = [f"clips/{c}/clip{k}" for c in ("left", "right") for k in range(2)]
+    lines = []
+    for k, p in enumerate(paths):
+        np.save(tmp_path / f"t{k}.npy", np.random.default_rng(k).random((6, 4), dtype=np.float32))
+        lines.append(json.dumps({"path": p, "targets": f"t{k}.npy"}))
+    (tmp_path / "regress.jsonl").write_text("\n".join(lines))
+    splits = discover(tmp_path / "regress.jsonl", val_fraction=0.25)
+    result = train(converted(outputs=4), splits, tmp_path / "r", TrainConfig(task=Task.REGRESS, epochs=1, batch_size=2, steps=3, workers=0, device="cpu"))
+    row = result.history[0]
+    assert row["val_mean_error"] > 0 and 0.0 <= row["val_auc"] <= 1.0
+
+    (tmp_path / "ctc.jsonl").write_text("\n".join(json.dumps({"path": p, "labels": p.split("/")[1]}) for p in paths))
+    splits = discover(tmp_path / "ctc.jsonl", val_fraction=0.25)
+    assert splits.class_names == ("<blank>", "left", "right")
+    result = train(converted(outputs=3), splits, tmp_path / "c", TrainConfig(task=Task.CTC, epochs=1, batch_size=2, steps=4, workers=0, device="cpu"))
+    assert 0.0 <= result.history[0]["val_sequence_accuracy"] <= 1.0
+    assert load_converted(tmp_path / "c" / "last.safetensors").spec.class_names == ("<blank>", "left", "right")
+
+
+def test_3d_backbone_trains(tmp_path):
+    make_clip_tree(tmp_path / "clips", per_class=2, num_frames=8)
+    model = converted("digit_c3d", "fc6", CellType.LSTM, sih=True)
+    result = train(model, discover(tmp_path / "clips", val_fraction=0), tmp_path / "run", TrainConfig(epochs=1, batch_size=2, steps=2, workers=1, device="cpu"))
+    assert result.history[0]["train_loss"] > 0 and not result.skipped
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(clips, model_file, tmp_path):
+    """`torchrun --nproc_per_node=2` runs gloo DDP; only rank 0 writes; both ranks end with equal weights."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29517", "-m", "prernn_cli", "train", str(model_file),
+           "--data", str(clips), "-o", str(tmp_path / "ddp"), "--epochs", "1", "--json", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)  # one JSON document: rank 1 prints nothing
+    row = report["history"][0]
+    assert (row["train_clips"], row["val_clips"]) == (6, 2)  # each rank saw half; metrics merged over both
+    assert (tmp_path / "ddp" / "last.safetensors").exists()
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1
