@@ -309,7 +309,10 @@ def _instantiate(match: ArchitectureMatch, state_dict: Mapping[str, Tensor]) -> 
         leftover = ["?"]
     if leftover:  # non-persistent buffers (or a builder that resists meta): build for real
         model = build_architecture(match.name, match.num_classes, **match.options)
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if missing:
+        raise CheckpointError(f"{path}: the file holds no values for {', '.join(missing[:3])}; save the model again")
     return model.eval()
 
 
@@ -466,7 +469,8 @@ def load_converted(path: Path | str) -> "RecurrentModel":
             f"prernn convert {path} --layer LAYER -o model.safetensors"
         )
     spec = _read_spec(path)
-    base = build_architecture(spec.base_architecture, num_classes=spec.base_num_classes)
+    # Structure only (meta device): every tensor then comes from the file, none is initialised first.
+    base = build_empty_architecture(spec.base_architecture, num_classes=spec.base_num_classes)
     try:
         model = build_recurrent_model(base, spec)
     except PrernnError:
@@ -478,7 +482,10 @@ def load_converted(path: Path | str) -> "RecurrentModel":
     found = {key: tuple(value.shape) for key, value in state_dict.items()}
     if expected != found:
         raise CheckpointError(f"{path}: the weights do not fit its spec: {describe_mismatch(expected, found)}; save the model again")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if missing:
+        raise CheckpointError(f"{path}: the file holds no values for {', '.join(missing[:3])}; save the model again")
     return model.eval()
 
 

@@ -33,7 +33,7 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 # ---------------------------------------------------------------- shared options
-CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint: state_dict (.pt/.pth), TorchScript, safetensors, or a prernn model.", show_default=False)]
+CheckpointArg = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint: state_dict (.pt/.pth), TorchScript, safetensors, or a prernn model.", show_default=False)]
 ArchOption = Annotated[Optional[str], typer.Option("--arch", help="Architecture: a torchvision model name, c3d, digit_vgg/digit_resnet/digit_c3d, or package.module:callable. Identified from the weights when omitted.")]
 TrustPickleOption = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading a whole pickled nn.Module. Unpickling runs code from the file: only for files you trust.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]

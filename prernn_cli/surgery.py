@@ -93,7 +93,7 @@ class LayerReport:
 class NetworkReport:
     """Every named module of a network with its convertibility."""
 
-    layers: tuple[LayerReport, ...]
+    layers: tuple[LayerReport, ...]  # every leaf module, in the order the traced forward calls them
     feature_size: Optional[int]  # size of the vector fed to the output layer
     output_layer: Optional[str]  # dotted name of the output layer
     traced: bool = True
@@ -331,7 +331,7 @@ def _output_layer(trace: _Trace, modules: Mapping[str, nn.Module]) -> Optional[f
 def analyze_network(
     model: nn.Module, input_spec: InputSpec, aliases: Optional[Mapping[str, str]] = None
 ) -> NetworkReport:
-    """Report every named module of ``model`` and whether (and as what) it can be converted.
+    """Report every leaf module of ``model`` and whether (and as what) it can be converted.
 
     Never raises for a model torch.fx cannot trace: every layer is then reported
     as not convertible, with the tracing error as the reason.
@@ -344,13 +344,15 @@ def analyze_network(
         trace = _trace(model, input_spec)
     except Exception as error:  # noqa: BLE001 - any tracing failure becomes the stated reason
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        reason = f"the model cannot be traced with torch.fx ({type(error).__name__}: {message[:160]})"
+        if len(message) > 240:
+            message = message[:240].rsplit(" ", 1)[0] + " …"
+        reason = f"the model cannot be traced with torch.fx ({type(error).__name__}: {message})"
         layers = tuple(
             LayerReport(
                 name=name, alias=by_name.get(name), type=type(module).__name__, input_shape=None, output_shape=None,
                 params=sum(p.numel() for p in module.parameters(recurse=False)), convertible=False, reason=reason,
             )
-            for name, module in modules.items() if name
+            for name, module in modules.items() if name and not any(True for _ in module.children())
         )
         return NetworkReport(layers=layers, feature_size=None, output_layer=None, traced=False, trace_error=reason)
 
@@ -368,7 +370,8 @@ def analyze_network(
 
     reports = []
     order = {name: index for index, name in enumerate(calls)}
-    for name, module in sorted(((n, m) for n, m in modules.items() if n), key=lambda item: order.get(item[0], len(order))):
+    leaves = ((n, m) for n, m in modules.items() if n and not any(True for _ in m.children()))
+    for name, module in sorted(leaves, key=lambda item: order.get(item[0], len(order))):
         nodes = calls.get(name, [])
         params = sum(p.numel() for p in module.parameters(recurse=False))
         input_shape = _shape(nodes[0].args[0]) if nodes and nodes[0].args and isinstance(nodes[0].args[0], fx.Node) else None
