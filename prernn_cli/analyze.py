@@ -318,7 +318,7 @@ def layer_readings(gates: Sequence[GateSummary], long_memory_units: Mapping[int,
         cells = long_memory_units.get(layer)
         if cells:
             units = own[0].units
-            text += f" ({cells} of {units} forget-gate units stay open most of the time: long-lived memory cells)"
+            text += f", {cells} of {units} forget-gate units open most of the time (long-lived memory cells)"
         readings.append(
             LayerReading(layer=layer, saturated_share=share, verdict=verdict, text=text, long_memory_units=cells)
         )
@@ -486,9 +486,9 @@ def gate_figure(analyses: Sequence[ModelAnalysis]) -> "Figure":
             title = f"{analysis.label} L{row + 1}: {GATE_NAMES[gate]}"
             if analysis.cell is CellType.LSTM:
                 ax.plot([0, 1], [1, 0], color="0.6", linestyle="--", linewidth=0.8)
-                ax.scatter(analysis.unit_left[(row, gate)], analysis.unit_right[(row, gate)], s=6, alpha=0.5, color=color, linewidths=0)
-                ax.set_xlim(0, 1)
-                ax.set_ylim(0, 1)
+                ax.scatter(analysis.unit_left[(row, gate)], analysis.unit_right[(row, gate)], s=8, alpha=0.5, color=color, linewidths=0)
+                ax.set_xlim(-0.03, 1.03)  # a margin so units at 0 or 1 (e.g. all at the origin) stay visible
+                ax.set_ylim(-0.03, 1.03)
                 ax.set_aspect("equal")
                 xlabel, ylabel = "fraction left-saturated", "fraction right-saturated"
             else:

@@ -298,8 +298,8 @@ class PreVRNN(PreRecurrentLayer):
         w_hh_t = self.weight_hh.t()
         h = state
         outputs = []
-        for t in range(u.shape[1]):
-            h = act(torch.addmm(u[:, t], h, w_hh_t))
+        for u_t in u.unbind(1):  # views, no per-step indexing ops
+            h = act(torch.addmm(u_t, h, w_hh_t))
             outputs.append(h)
         return torch.stack(outputs, dim=1), h
 
@@ -322,14 +322,17 @@ class PreLSTM(PreRecurrentLayer):
     cell = CellType.LSTM
 
     def _recur(self, u: Tensor, state: tuple[Tensor, Tensor], observer: Optional[GateObserver], index: int):
+        hidden = self.hidden_size
         w_hh_t = self.weight_hh.t()
         h, c = state
         outputs = []
-        for t in range(u.shape[1]):
-            gates = torch.addmm(u[:, t], h, w_hh_t)
-            i, f, g, o = gates.chunk(4, dim=1)
-            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-            c = f * c + i * g
+        for u_t in u.unbind(1):  # views, no per-step indexing ops
+            gates = torch.addmm(u_t, h, w_hh_t)
+            # One sigmoid over all 4H pre-activations (the g block's is unused) instead of three calls.
+            sig = torch.sigmoid(gates)
+            i, f, o = sig[:, :hidden], sig[:, hidden : 2 * hidden], sig[:, 3 * hidden :]
+            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+            c = torch.addcmul(f * c, i, g)  # f ⊙ c + i ⊙ g
             h = o * torch.tanh(c)
             if observer is not None:
                 observer(index, {"i": i, "f": f, "o": o, "g": g})
@@ -360,8 +363,7 @@ class PreGRU(PreRecurrentLayer):
         w_n_t = self.weight_hh[2 * hidden :].t()
         h = state
         outputs = []
-        for t in range(u.shape[1]):
-            u_t = u[:, t]
+        for u_t in u.unbind(1):  # views, no per-step indexing ops
             rz = torch.sigmoid(torch.addmm(u_t[:, : 2 * hidden], h, w_rz_t))
             r, z = rz.chunk(2, dim=1)
             n = torch.tanh(torch.addmm(u_t[:, 2 * hidden :], r * h, w_n_t))

@@ -620,7 +620,11 @@ class ClipDataset(Dataset):
             n = clip.num_frames if clip.num_frames is not None else count_frames(clip.path)
             starts = step_starts(n, self.steps, snippet, Sampling.DENSE, start=clip.start)
             frames, n = read_frames(clip.path, [s + j for s in starts for j in range(snippet)])
-        else:
+        elif clip.path.is_dir():  # frame folder: count by listing, decode only the frames used
+            n = count_frames(clip.path)
+            starts = step_starts(n, self.steps, snippet, self.sampling, rng=rng if self.sampling is Sampling.RANDOM else None)
+            frames, n = read_frames(clip.path, [s + j for s in starts for j in range(snippet)])
+        else:  # video: one decoding pass
             frames, n = read_frames(clip.path)
             starts = step_starts(n, self.steps, snippet, self.sampling, rng=rng if self.sampling is Sampling.RANDOM else None)
             frames = [frames[s + j] for s in starts for j in range(snippet)]

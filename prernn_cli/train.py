@@ -606,8 +606,11 @@ def train(
             history.append(row)
             metric = MAIN_METRIC[splits.task]
             score = row.get(f"val_{metric}", row.get(f"train_{metric}"))
-            if score is not None and (best is None or score > best["score"] or (score == best["score"] and row.get("val_loss", 0) < best.get("val_loss", 0))):
-                best = {"epoch": epoch + 1, "metric": f"val_{metric}" if val_acc is not None else f"train_{metric}", "score": score, "val_loss": row.get("val_loss")}
+            prefix = "val" if val_acc is not None else "train"
+            loss_now = row.get(f"{prefix}_loss")
+            tie_better = best is not None and score == best["score"] and loss_now is not None and best.get("loss") is not None and loss_now < best["loss"]
+            if score is not None and (best is None or score > best["score"] or tie_better):
+                best = {"epoch": epoch + 1, "metric": f"{prefix}_{metric}", "score": score, "loss": loss_now}
                 if is_main:
                     _save_model(model, Path(files["best"]))
             epoch += 1

@@ -3,8 +3,9 @@
 Converts the shipped DigitVGG's fc6 into a PreGRU-SIH and builds its traditional
 counterpart (TraGRU on fc7, hidden size matched to PreGRU's recurrent parameter
 count), trains both briefly on the shipped direction-of-motion clips, evaluates
-them, prints the comparison side by side, then exports both to ONNX (validated
-against PyTorch) and streams a validation clip through the exported PreGRU.
+them, prints the comparison side by side, looks inside their gates (the paper's
+Figure 2), then exports both to ONNX (validated against PyTorch) and streams a
+validation clip through the exported PreGRU step model.
 
 Every step is a real ``prernn`` command, printed before it runs, so each can be
 rerun by hand. Run from the repository root:
@@ -92,6 +93,10 @@ def main() -> None:
         metrics = runs[name]["evaluation"]["metrics"]
         console.print(f"{name}: best checkpoint's val accuracy {metrics['accuracy']:.3f}  ({runs[name]['best']})")
 
+    prernn(
+        "analyze", runs["PreGRU-SIH"]["best"], "--compare", runs["TraGRU"]["best"], "--data", clips / "val",
+        "-o", out / "analysis",
+    )
     onnx_pre = out / "pregru-sih.onnx"
     prernn("export", runs["PreGRU-SIH"]["best"], "--onnx", "--steps", "8", "-o", onnx_pre)
     prernn("export", runs["PreGRU-SIH"]["best"], "--onnx", "--steps", "1", "-o", out / "pregru-sih.step.onnx")

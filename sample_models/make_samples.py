@@ -58,6 +58,7 @@ VAL_PAIRS = 20
 CLASSES = ("left", "right")
 MP4_FPS = 16
 THREADS = 2
+BATCH = 32
 
 
 # ----------------------------------------------------------------------------- digits
@@ -149,9 +150,9 @@ def _snippets(split: DigitSplit, rng: np.random.Generator) -> Tensor:
 
 
 RECIPES: tuple[NetRecipe, ...] = (
-    NetRecipe("DigitVGG", DigitVGG, "digit_vgg.pt", _images, epochs=12, lr=1e-3),
+    NetRecipe("DigitVGG", DigitVGG, "digit_vgg.pt", _images, epochs=24, lr=1e-3),
     NetRecipe("DigitResNet", DigitResNet, "digit_resnet.pt", _images, epochs=4, lr=2e-3),
-    NetRecipe("DigitC3D", DigitC3D, "digit_c3d.pt", _snippets, epochs=6, lr=1e-3),
+    NetRecipe("DigitC3D", DigitC3D, "digit_c3d.pt", _snippets, epochs=10, lr=1e-3),
 )
 
 
@@ -169,7 +170,7 @@ def train_net(recipe: NetRecipe, train: DigitSplit, held_out: DigitSplit, seed: 
     rng = np.random.default_rng(seed)
     model = recipe.factory()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    batches_per_epoch = -(-len(train.labels) // 64)
+    batches_per_epoch = -(-len(train.labels) // BATCH)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * batches_per_epoch
     )
@@ -178,8 +179,8 @@ def train_net(recipe: NetRecipe, train: DigitSplit, held_out: DigitSplit, seed: 
         model.train()
         inputs = recipe.render(train, rng)
         order = torch.from_numpy(rng.permutation(len(labels)))
-        for start in range(0, len(order), 64):
-            batch = order[start : start + 64]
+        for start in range(0, len(order), BATCH):
+            batch = order[start : start + BATCH]
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
             loss.backward()
@@ -269,6 +270,8 @@ def write_clips(splits: dict[str, list[Clip]], out_dir: Path) -> None:
     """Write ``clips/`` (PNG frame folders) and ``clips_mp4/`` (lossless mp4) under ``out_dir``, each atomically."""
     png_tmp = Path(tempfile.mkdtemp(prefix=".clips.", dir=out_dir))
     mp4_tmp = Path(tempfile.mkdtemp(prefix=".clips_mp4.", dir=out_dir))
+    png_tmp.chmod(0o755)  # mkdtemp makes them private
+    mp4_tmp.chmod(0o755)
     try:
         for split, clips in splits.items():
             for clip in clips:

@@ -159,7 +159,7 @@ def test_reading_rules_follow_the_numbers():
     assert [r.verdict for r in analysis.layers] == ["mostly", "rarely"]
     assert analysis.reading.startswith("layer 1 gates are mostly saturated (100% saturated): long memory")
     assert analysis.layers[0].long_memory_units == 2 and analysis.layers[1].long_memory_units == 0
-    assert "(2 of 4 forget-gate units stay open most of the time: long-lived memory cells)" in analysis.reading
+    assert ", 2 of 4 forget-gate units open most of the time (long-lived memory cells)" in analysis.reading
     untrained = summarize(acc, _spec(CellType.LSTM, [4, 4]), clips=1)  # no task: never trained
     assert untrained.reading == UNTRAINED_PREFIX + analysis.reading
     assert "layer 2 gates rarely saturate (0% saturated): its state is barely used — consider converting one layer only" in analysis.reading

@@ -60,12 +60,9 @@ class DigitVGG(nn.Module):
             nn.Dropout(p=0.5),
             nn.Linear(256, num_classes),
         )
-        for module in self.modules():  # torchvision's VGG initialisation: trains without BatchNorm
+        for module in self.modules():  # He init for the convs: trains without BatchNorm
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -157,12 +154,9 @@ class DigitC3D(nn.Module):
         self.fc8 = nn.Linear(256, num_classes)
         self.dropout = nn.Dropout(p=0.5)
         self.relu = nn.ReLU()
-        for module in self.modules():  # as DigitVGG: He init for convs, small normal for fc layers
+        for module in self.modules():  # as DigitVGG: He init for the convs
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
