@@ -49,7 +49,7 @@ class RecurrentModel(nn.Module):
         between_shapes: Sequence[tuple[int, ...]],
         head: nn.Module,
         head_shape: tuple[int, ...],
-        new_head: bool,
+        new_modules: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if len(between) != len(layers) - 1 or len(between_shapes) != len(between):
@@ -61,7 +61,7 @@ class RecurrentModel(nn.Module):
         self.between_shapes = [tuple(shape) for shape in between_shapes]
         self.head = head
         self.head_shape = tuple(head_shape)
-        self._new_head = new_head
+        self._new_modules = tuple(new_modules)  # dotted names of modules that start random (a new output layer)
 
     @property
     def recurrent_layers(self) -> nn.ModuleList:
@@ -77,7 +77,7 @@ class RecurrentModel(nn.Module):
         for name, _ in self.named_parameters():
             if name.startswith("layers.") and (name.endswith("weight_hh") or self.spec.traditional):
                 names.add(name)
-            elif name.startswith("head.") and self._new_head:
+            elif any(name.startswith(f"{module}.") for module in self._new_modules):
                 names.add(name)
         return names
 
@@ -117,10 +117,8 @@ class RecurrentModel(nn.Module):
 
 
 # ---------------------------------------------------------------------- building
-def _replace_output_layer(head: nn.Module, outputs: int) -> nn.Module:
-    """Swap the head's last fc layer for a new one with ``outputs`` units; returns the head."""
-    if isinstance(head, nn.Linear):
-        return nn.Linear(head.in_features, outputs)
+def _replace_output_layer(head: nn.Module, outputs: int) -> tuple[nn.Module, str]:
+    """Swap the head's last fc layer for a new one with ``outputs`` units; returns the head and that layer's name."""
     if not isinstance(head, fx.GraphModule):
         raise ConversionError("the head has no fc output layer to replace; keep the original head")
     modules = dict(head.named_modules())
@@ -135,7 +133,7 @@ def _replace_output_layer(head: nn.Module, outputs: int) -> nn.Module:
     parent_name, _, child = target.rpartition(".")
     parent = head.get_submodule(parent_name) if parent_name else head
     setattr(parent, child, nn.Linear(old.in_features, outputs, device=old.weight.device))
-    return head
+    return head, target
 
 
 def _output_size(head: nn.Module) -> Optional[int]:
@@ -156,7 +154,7 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
         )
         outputs = spec.outputs if new_head else output_layer.out_features
         head = nn.Linear(layer_spec.hidden_size, outputs, device=output_layer.weight.device)
-        return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_head=True)
+        return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_modules=["head"])
 
     split = split_network(base, spec.input, [layer.name for layer in spec.layers])
     layers = []
@@ -178,12 +176,14 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
             layer.reset_hidden_parameters()
         layers.append(layer)
     head: nn.Module = split.head.module
+    new_modules: list[str] = []
     if new_head:
-        head = _replace_output_layer(head, spec.outputs)
+        head, replaced = _replace_output_layer(head, spec.outputs)
+        new_modules.append(f"head.{replaced}")
     return RecurrentModel(
         spec, split.trunk, layers,
         [segment.module for segment in split.between], [segment.input_shape for segment in split.between],
-        head, split.head.input_shape, new_head=new_head,
+        head, split.head.input_shape, new_modules=new_modules,
     )
 
 

@@ -181,3 +181,9 @@ def test_bad_requests():
         convert(base, "digit_vgg", spec, ["classifier.6"], CellType.GRU, aliases=aliases)
     with pytest.raises(ConversionError, match="positive"):
         convert(base, "digit_vgg", spec, ["fc6"], CellType.GRU, head=HeadKind.CLASSIFY, outputs=0, aliases=aliases)
+
+
+def test_new_parameters_are_only_the_hidden_weights_and_the_new_output_layer():
+    base = build_architecture("digit_vgg")
+    model = _convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], CellType.GRU, True, head=HeadKind.CLASSIFY, outputs=2)
+    assert model.new_parameter_names() == {"layers.0.weight_hh", "head.classifier.6.weight", "head.classifier.6.bias"}
