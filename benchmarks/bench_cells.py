@@ -206,7 +206,7 @@ def rss():
 baseline = rss()
 loaded = load_checkpoint(sys.argv[1], arch="vgg16")
 after_load = hwm()
-model = convert(loaded.model, "vgg16", loaded.input, ["fc6"], CellType.LSTM, aliases=paper_aliases("vgg16", loaded.model))
+model = convert(loaded.model, "vgg16", loaded.input_spec, ["fc6"], CellType.LSTM, aliases=paper_aliases("vgg16", loaded.model))
 out_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 print(json.dumps({"baseline": baseline, "after_load_hwm": after_load, "peak": hwm(),
                   "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "output_bytes": out_bytes}))

@@ -64,6 +64,7 @@ def smallest_input(name: str, model: torch.nn.Module):
         candidates = [(length, size) for length, size in SNIPPET_SHAPES]
     else:
         candidates = [(None, size) for size in IMAGE_SIZES if size <= max(default.size)] or [(None, default.size[0])]
+    candidates.append((default.snippet_length, default.size[0]))  # the default always last (mvit: 16x224 only)
     errors = []
     for length, size in candidates:
         spec = InputSpec(frame_kind=default.frame_kind, channels=default.channels, size=(size, size),
