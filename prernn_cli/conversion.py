@@ -102,12 +102,12 @@ def convert_checkpoint(
         )
     base = loaded.model.eval()
     aliases = paper_aliases(loaded.architecture, base)
+    report = analyze_network(base, loaded.input_spec, aliases)
     model = convert(
         base, loaded.architecture, loaded.input_spec, layers, cell, sih=sih, traditional=traditional,
-        head=head, outputs=head_size, init_hh=init_hh, aliases=aliases, hidden_size=hidden_size,
+        head=head, outputs=head_size, init_hh=init_hh, aliases=aliases, hidden_size=hidden_size, report=report,
     )
     save_converted(model, output)
-    report = analyze_network(base, loaded.input_spec, aliases)
     resolved = [report.get(aliases.get(name, name)) for name in layers]
     shapes = [LayerShape.from_report(layer, report) for layer in resolved]
     pretrained, new, total = _count(model)

@@ -25,7 +25,7 @@ from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_
 from prernn_cli.spec import (
     CellType, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
 )
-from prernn_cli.surgery import analyze_network, resolve_layers, split_at_features, split_network
+from prernn_cli.surgery import NetworkReport, analyze_network, resolve_layers, split_at_features, split_network
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,15 @@ def _output_size(head: nn.Module) -> Optional[int]:
     return linears[-1].out_features if linears else None
 
 
-def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
-    """Build the converted structure of ``spec`` on ``base``, copying its pretrained weights."""
+def build_recurrent_model(base: nn.Module, spec: ModelSpec, report: Optional[NetworkReport] = None) -> RecurrentModel:
+    """Build the converted structure of ``spec`` on ``base``, copying its pretrained weights.
+
+    ``report`` (from :func:`~prernn_cli.surgery.analyze_network` on ``base``) saves tracing it again.
+    """
     cls = recurrent_layer_class(spec.cell)
     new_head = spec.head is not HeadKind.ORIGINAL
     if spec.traditional:
-        backbone, output_layer, feature_size = split_at_features(base, spec.input)
+        backbone, output_layer, feature_size = split_at_features(base, spec.input, report)
         layer_spec = spec.layers[0]
         layer = cls(
             feature_size, layer_spec.hidden_size, kind=LayerKind.NEW, activation=layer_spec.activation,
@@ -156,7 +159,7 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec) -> RecurrentModel:
         head = nn.Linear(layer_spec.hidden_size, outputs, device=output_layer.weight.device)
         return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_modules=["head"])
 
-    split = split_network(base, spec.input, [layer.name for layer in spec.layers])
+    split = split_network(base, spec.input, [layer.name for layer in spec.layers], report)
     layers = []
     for site, layer_spec in zip(split.sites, spec.layers):
         geometry = None
@@ -202,13 +205,15 @@ def convert(
     aliases: Optional[dict[str, str]] = None,
     hidden_size: Optional[int] = None,
     class_names: Optional[Sequence[str]] = None,
+    report: Optional[NetworkReport] = None,
 ) -> RecurrentModel:
     """Convert pretrained ``layers`` of ``base`` into recurrent layers (or build the traditional baseline).
 
     ``traditional=True`` keeps the backbone untouched and puts one new recurrent
     layer on its feature vector (the input of the output layer), with a hidden
     size matched to the recurrent parameter count PreRNN would have for
-    ``layers`` (or ``hidden_size`` when given), then a new head.
+    ``layers`` (or ``hidden_size`` when given), then a new head. ``report``, from
+    :func:`~prernn_cli.surgery.analyze_network` on ``base`` with ``aliases``, saves tracing it again.
     """
     cell = CellType(cell)
     head = HeadKind(head)
@@ -222,7 +227,8 @@ def convert(
         raise ConversionError(f"--hidden-size must be positive, got {hidden_size}")
     if hidden_size is not None and not traditional:
         raise ConversionError("--hidden-size is only for --traditional: a converted layer keeps its pretrained size")
-    report = analyze_network(base, input_spec, aliases)
+    if report is None:
+        report = analyze_network(base, input_spec, aliases)
     if not report.traced:
         raise LayerError(f"cannot convert: {report.trace_error}")
     resolved = resolve_layers(report, layers, aliases)
@@ -263,4 +269,4 @@ def convert(
         init_hh=InitScheme(init_hh),
         class_names=tuple(class_names) if class_names else None,
     )
-    return build_recurrent_model(base, spec)
+    return build_recurrent_model(base, spec, report)

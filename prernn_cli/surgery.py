@@ -98,6 +98,7 @@ class NetworkReport:
     output_layer: Optional[str]  # dotted name of the output layer
     traced: bool = True
     trace_error: Optional[str] = None
+    trace: Optional["_Trace"] = field(default=None, repr=False, compare=False)  # reused to cut the network
 
     def convertible(self) -> list[LayerReport]:
         return [layer for layer in self.layers if layer.convertible]
@@ -406,7 +407,7 @@ def analyze_network(
         )
     return NetworkReport(
         layers=tuple(reports), feature_size=feature_size,
-        output_layer=str(output_node.target) if output_node is not None else None,
+        output_layer=str(output_node.target) if output_node is not None else None, trace=trace,
     )
 
 
@@ -490,9 +491,19 @@ def _extract(graph_module: fx.GraphModule, inputs: Sequence[fx.Node], outputs: S
     return fx.GraphModule(graph_module, graph)
 
 
-def split_network(model: nn.Module, input_spec: InputSpec, layer_names: Sequence[str]) -> SplitNetwork:
-    """Cut ``model`` around the named (already resolved, convertible) layers, in network order."""
-    trace = _trace(model, input_spec)
+def _trace_of(model: nn.Module, input_spec: InputSpec, report: Optional[NetworkReport]) -> _Trace:
+    """The trace behind ``report`` (made from this very model), or a new one."""
+    return report.trace if report is not None and report.trace is not None else _trace(model, input_spec)
+
+
+def split_network(
+    model: nn.Module, input_spec: InputSpec, layer_names: Sequence[str], report: Optional[NetworkReport] = None
+) -> SplitNetwork:
+    """Cut ``model`` around the named (already resolved, convertible) layers, in network order.
+
+    ``report``, when given, must come from :func:`analyze_network` on this same model: its trace is reused.
+    """
+    trace = _trace_of(model, input_spec, report)
     modules = dict(trace.graph_module.named_modules())
     by_node = {str(node.target): node for node in trace.nodes if node.op == "call_module"}
     regions: list[_Region] = []
@@ -521,9 +532,11 @@ def split_network(model: nn.Module, input_spec: InputSpec, layer_names: Sequence
     return SplitNetwork(trunk=trunk, sites=sites, between=between, head=head)
 
 
-def split_at_features(model: nn.Module, input_spec: InputSpec) -> tuple[fx.GraphModule, nn.Module, int]:
+def split_at_features(
+    model: nn.Module, input_spec: InputSpec, report: Optional[NetworkReport] = None
+) -> tuple[fx.GraphModule, nn.Module, int]:
     """Cut ``model`` before its output layer, for a traditional design: (backbone, output layer, feature size)."""
-    trace = _trace(model, input_spec)
+    trace = _trace_of(model, input_spec, report)
     modules = dict(trace.graph_module.named_modules())
     output_node = _output_layer(trace, modules)
     if output_node is None or not isinstance(modules[output_node.target], nn.Linear):
