@@ -332,6 +332,7 @@ def convert_command(
     hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="With --traditional: the new layer's hidden size instead of the matched one.", show_default=False)] = None,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the new weights' initialisation (the same command writes the same file).")] = 0,
     json_output: JsonOption = False,
 ) -> None:
     """Rewrite pretrained fc/conv layers into Pre-cells (PreVRNN, PreLSTM, PreGRU; --sih), or build the traditional baseline.
@@ -356,7 +357,7 @@ def convert_command(
     result = convert_checkpoint(
         checkpoint, parse_layer_names(layer), cell_type, output, sih=sih, traditional=traditional,
         num_classes=num_classes, outputs=outputs, init_hh=scheme, hidden_size=hidden_size, arch=arch,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, seed=seed,
     )
     if json_output:
         print_json(result.to_json())

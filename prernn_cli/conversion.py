@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from prernn_cli.architectures import paper_aliases
 from prernn_cli.checkpoint import CheckpointFormat, load_checkpoint, save_converted
 from prernn_cli.errors import ConversionError
@@ -79,8 +81,12 @@ def convert_checkpoint(
     hidden_size: Optional[int] = None,
     arch: Optional[str] = None,
     trust_pickle: bool = False,
+    seed: int = 0,
 ) -> ConversionResult:
-    """Convert ``layers`` of the network in ``checkpoint`` and write our safetensors format to ``output``."""
+    """Convert ``layers`` of the network in ``checkpoint`` and write our safetensors format to ``output``.
+
+    The new weights are drawn from a generator seeded with ``seed``: the same command writes the same file.
+    """
     output = check_writable_output(Path(output))
     if num_classes is not None and outputs is not None:
         raise ConversionError("--num-classes and --outputs exclude each other: a head classifies or regresses; give one")
@@ -103,10 +109,12 @@ def convert_checkpoint(
     base = loaded.model.eval()
     aliases = paper_aliases(loaded.architecture, base)
     report = analyze_network(base, loaded.input_spec, aliases)
-    model = convert(
-        base, loaded.architecture, loaded.input_spec, layers, cell, sih=sih, traditional=traditional,
-        head=head, outputs=head_size, init_hh=init_hh, aliases=aliases, hidden_size=hidden_size, report=report,
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded new weights, the caller's RNG state untouched
+        torch.manual_seed(seed)
+        model = convert(
+            base, loaded.architecture, loaded.input_spec, layers, cell, sih=sih, traditional=traditional,
+            head=head, outputs=head_size, init_hh=init_hh, aliases=aliases, hidden_size=hidden_size, report=report,
+        )
     save_converted(model, output)
     resolved = [report.get(aliases.get(name, name)) for name in layers]
     shapes = [LayerShape.from_report(layer, report) for layer in resolved]

@@ -90,3 +90,15 @@ def test_side_branch_conv_is_not_convertible_with_reason(tmp_path):
     result = _run("convert", SAMPLES / "digit_resnet.pt", "--layer", "layer3.0.downsample.0", "--cell", "gru", "-o", tmp_path / "m.safetensors")
     assert result.exit_code == 2
     assert "cannot be converted" in result.stderr and "res5c" in result.stderr
+
+
+def test_convert_is_deterministic_for_a_seed(tmp_path):
+    files = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / f"{name}.safetensors"
+        torch.manual_seed(len(name) * 100 + seed)  # the global RNG must not matter
+        result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "lstm", "--num-classes", "2", "--seed", seed, "-o", out)
+        assert result.exit_code == 0, result.output
+        files.append(out.read_bytes())
+    assert files[0] == files[1]
+    assert files[0] != files[2]
