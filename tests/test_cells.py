@@ -71,15 +71,21 @@ def test_cell_matches_equations(cls, sih):
         assert_close(last, ref_h, rtol=1e-5, atol=1e-5)
 
 
-def test_prelstm_equals_torch_lstmcell_with_its_weights():
-    layer = PreLSTM(IN, H)
+def _layer_and_torch_cell(layer_cls, cell_cls):
+    """A random Pre-layer and a torch cell holding its weights (bias_hh = 0: Pre-cells have none)."""
+    layer = layer_cls(IN, H)
     _randomize(layer)
-    reference = nn.LSTMCell(IN, H)
+    reference = cell_cls(IN, H)
     with torch.no_grad():
         reference.weight_ih.copy_(layer.weight_ih)
         reference.weight_hh.copy_(layer.weight_hh)
         reference.bias_ih.copy_(layer.bias_ih)
         reference.bias_hh.zero_()
+    return layer, reference
+
+
+def test_prelstm_equals_torch_lstmcell_with_its_weights():
+    layer, reference = _layer_and_torch_cell(PreLSTM, nn.LSTMCell)
     x = torch.randn(B, T, IN)
     out, (h_n, c_n) = layer(x)
     h = c = torch.zeros(B, H)
@@ -91,16 +97,8 @@ def test_prelstm_equals_torch_lstmcell_with_its_weights():
 
 def test_pregru_is_cho_form_not_torch_gru():
     """Same weights in torch.nn.GRUCell give a different sequence: the reset gate sits elsewhere."""
-    layer = PreGRU(IN, H)
-    _randomize(layer)
-    reference = nn.GRUCell(IN, H)
-    with torch.no_grad():
-        reference.weight_ih.copy_(layer.weight_ih)
-        reference.weight_hh.copy_(layer.weight_hh)
-        reference.bias_ih.copy_(layer.bias_ih)
-        reference.bias_hh.zero_()
+    layer, reference = _layer_and_torch_cell(PreGRU, nn.GRUCell)
     x = torch.randn(B, T, IN)
-    out, _ = layer(x, state=torch.randn(B, H))
     ours_from_zero, _ = layer(x)
     h = torch.zeros(B, H)
     for t in range(T):

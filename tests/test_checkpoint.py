@@ -44,15 +44,6 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _architecture_cache(tmp_path_factory):
-    """Keep the architecture-signature cache out of the user's home."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PRERNN_CACHE_DIR", str(tmp_path_factory.mktemp("prernn_cache")))
-    yield
-    patch.undo()
-
-
 class Evil:
     """A pickle payload that creates a marker file when unpickled."""
 

@@ -19,15 +19,6 @@ from prernn_cli.spec import CellType
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _architecture_cache(tmp_path_factory):
-    """Keep the architecture-signature cache out of the user's home."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PRERNN_CACHE_DIR", str(tmp_path_factory.mktemp("prernn_cache")))
-    yield
-    patch.undo()
-
-
 def _inspect(*args, width: int = 200):
     return runner.invoke(app, ["inspect", *map(str, args)], env={"COLUMNS": str(width)})
 
