@@ -29,7 +29,9 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from prernn_cli.kernels import WeightProduct, fused_rnn_usable, linear
 from prernn_cli.spec import CellType, InitScheme, LayerKind
 
 GateObserver = Callable[[int, dict[str, Tensor]], None]
@@ -209,7 +211,7 @@ class PreRecurrentLayer(nn.Module):
         the residual ``γ`` added after the conv's BatchNorm, ``[N, C_out, (L,) h', w']``.
         """
         if self.conv is None:
-            return F.linear(x, self.weight_ih, self.bias_ih)
+            return linear(x, self.weight_ih, self.bias_ih)
         geometry = self.conv
         conv = F.conv2d if geometry.dims == 2 else F.conv3d
         z = conv(x, self.weight_ih, self.bias_ih, geometry.stride, geometry.padding, geometry.dilation)
@@ -230,12 +232,6 @@ class PreRecurrentLayer(nn.Module):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
         return (zeros, zeros.clone()) if self.cell.has_cell_state else zeros
 
-    def gate_inputs(self, projected: Tensor) -> Tensor:
-        """``u_t(g)`` for every gate, ``[B, T, G·H]``: the copies as they are, or SIH's ``v_t`` for every gate."""
-        if self.sih:
-            return projected.repeat(1, 1, self.cell.num_gates)
-        return projected
-
     def recur(
         self,
         projected: Tensor,
@@ -243,17 +239,64 @@ class PreRecurrentLayer(nn.Module):
         gate_observer: Optional[GateObserver] = None,
         layer_index: int = 0,
     ) -> tuple[Tensor, LayerState]:
-        """Run the recurrence over ``projected`` ``[B, T, copies·H]``; return outputs ``[B, T, H]`` and the last state."""
+        """Run the recurrence over ``projected`` ``[B, T, copies·H]``; return outputs ``[B, T, H]`` and the last state.
+
+        While training, the sequence is one autograd node with its own backward pass
+        (:class:`_SequenceFunction`): per step only ``∂L/∂h_{t-1}`` is multiplied by
+        ``W_h·``, and ``∂L/∂W_h·`` is one matrix product over all steps. While exporting,
+        compiling, under autocast, or when nothing needs a gradient, the same steps run
+        as plain tensor operations.
+        """
         if projected.dim() != 3 or projected.shape[-1] != self.input_copies * self.hidden_size:
             raise ValueError(
                 f"expected projected inputs [B, T, {self.input_copies * self.hidden_size}], got {tuple(projected.shape)}"
             )
         if state is None:
             state = self.initial_state(projected.shape[0], projected.device, projected.dtype)
-        return self._recur(self.gate_inputs(projected), state, gate_observer, layer_index)
+        states = (state,) if isinstance(state, Tensor) else tuple(state)
+        if _needs_sequence_function(projected, self.weight_hh, *states):
+            outputs, *last = _SequenceFunction.apply(self, gate_observer, layer_index, projected, self.weight_hh, *states)
+        else:
+            outputs, last, _ = self._steps(projected, self.weight_hh, states, gate_observer, layer_index, keep=False)
+        return outputs, (last[0] if len(last) == 1 else tuple(last))
 
-    def _recur(self, u: Tensor, state: LayerState, observer: Optional[GateObserver], index: int) -> tuple[Tensor, LayerState]:
+    def _preactivations(self, product: WeightProduct, u_t: Tensor, x: Tensor, count: int) -> Tensor:
+        """``u_t(g) + W_hg x`` for ``count`` gates, ``[B, count·H]``; ``product`` holds those gates' rows of ``W_h·``.
+
+        Gate-dependent: ``u_t`` holds the gates' own projections ``[B, count·H]``.
+        SIH: ``u_t`` is the one shared ``v_t`` ``[B, H]``, added to every gate.
+        """
+        if not self.sih or count == 1:
+            return product.addmm(u_t, x)
+        return (product.mm(x).view(-1, count, self.hidden_size) + u_t.unsqueeze(1)).flatten(1)
+
+    def _steps(
+        self, u: Tensor, weight_hh: Tensor, state: tuple[Tensor, ...], observer: Optional[GateObserver], index: int, keep: bool
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """The cell's equations over all steps of ``u`` ``[B, T, copies·H]``.
+
+        Returns outputs ``[B, T, H]``, the last state, and (with ``keep``) what
+        :meth:`_backward` needs, stacked over time.
+        """
         raise NotImplementedError
+
+    def _backward(
+        self, saved: tuple[Tensor, ...], weight_hh: Tensor, grad_outputs: Tensor, grad_state: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """Gradients of the inputs ``u``, of ``W_h·`` and of the initial state, from :meth:`_steps`' ``saved``.
+
+        ``grad_outputs`` is ``[T, B, H]`` (time-major). The ``∂L/∂`` pre-activations of every
+        step are collected in one ``[T, B, G·H]`` tensor so that ``∂L/∂W_h·`` is a single
+        matrix product.
+        """
+        raise NotImplementedError
+
+    def _gradient_of_inputs(self, grad_preactivations: Tensor) -> Tensor:
+        """``∂L/∂u`` ``[B, T, copies·H]`` from the time-major ``[T, B, G·H]`` gradients of the pre-activations."""
+        if self.sih:  # v_t fed every gate
+            steps, batch = grad_preactivations.shape[:2]
+            grad_preactivations = grad_preactivations.view(steps, batch, self.cell.num_gates, self.hidden_size).sum(2)
+        return grad_preactivations.transpose(0, 1)
 
     def forward(
         self,
@@ -261,12 +304,46 @@ class PreRecurrentLayer(nn.Module):
         shortcut: Optional[Tensor] = None,
         state: Optional[LayerState] = None,
         gate_observer: Optional[GateObserver] = None,
+        layer_index: int = 0,
     ) -> tuple[Tensor, LayerState]:
-        """Whole layer on a sequence: ``x`` ``[B, T, ...]`` (what the pretrained layer received per frame)."""
+        """Whole layer on a sequence: ``x`` ``[B, T, ...]`` (what the pretrained layer received per frame).
+
+        A small layer that is exactly a standard LSTM or Elman RNN (gate-dependent, fc)
+        runs as torch's fused sequence op on CPU (:meth:`_fused_sequence`,
+        :func:`~prernn_cli.kernels.fused_rnn_usable`); every other layer runs
+        :meth:`project` over all frames, then :meth:`recur`.
+        """
         batch, steps = x.shape[:2]
+        if gate_observer is None and x.dim() == 3 and self._fused_op() is not None:
+            states = [] if state is None else [state] if isinstance(state, Tensor) else list(state)
+            if fused_rnn_usable(self.weight_hh, x, *self.parameters(), *states):
+                return self._fused_sequence(x, state)
         flat_shortcut = shortcut.flatten(0, 1) if shortcut is not None else None
         projected = self.project(x.flatten(0, 1), flat_shortcut).view(batch, steps, -1)
-        return self.recur(projected, state, gate_observer)
+        return self.recur(projected, state, gate_observer, layer_index)
+
+    def _fused_op(self) -> Optional[Callable]:
+        """torch's sequence op that computes exactly this layer, if there is one (see :meth:`_fused_sequence`)."""
+        return None
+
+    def _fused_sequence(self, x: Tensor, state: Optional[LayerState]) -> tuple[Tensor, LayerState]:
+        """The layer as :func:`torch.lstm` / :func:`torch.rnn_relu` / :func:`torch.rnn_tanh`, the kernels of :mod:`torch.nn`'s RNNs.
+
+        A gate-dependent fc PreLSTM is an :class:`torch.nn.LSTM` whose ``weight_ih`` are
+        the pretrained copies and whose ``bias_hh`` is zero; a PreVRNN with ReLU or tanh
+        is an :class:`torch.nn.RNN` alike. The op projects all frames in one product and
+        runs the recurrence in native code, with its own backward pass.
+        """
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device, x.dtype)
+        weights = [self.weight_ih, self.weight_hh]
+        if self.bias_ih is not None:
+            weights += [self.bias_ih, torch.zeros_like(self.bias_ih)]
+        has_cell = self.cell.has_cell_state
+        hx = (state[0].unsqueeze(0), state[1].unsqueeze(0)) if has_cell else state.unsqueeze(0)
+        outputs, *last = self._fused_op()(x, hx, weights, self.bias_ih is not None, 1, 0.0, self.training, False, True)
+        last = [t.squeeze(0) for t in last]
+        return outputs, (tuple(last) if has_cell else last[0])
 
     def extra_repr(self) -> str:
         parts = [f"{self.input_size}, {self.hidden_size}", f"kind={self.kind.value}"]
@@ -293,15 +370,44 @@ class PreVRNN(PreRecurrentLayer):
 
     cell = CellType.VRNN
 
-    def _recur(self, u: Tensor, state: Tensor, observer: Optional[GateObserver], index: int) -> tuple[Tensor, Tensor]:
+    def _fused_op(self) -> Optional[Callable]:
+        if self.conv is not None:
+            return None
+        return {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh}.get(self.activation)
+
+    def _steps(self, u, weight_hh, state, observer, index, keep):
         act = ACTIVATIONS[self.activation]
-        w_hh_t = self.weight_hh.t()
-        h = state
-        outputs = []
-        for u_t in u.unbind(1):  # views, no per-step indexing ops
-            h = act(torch.addmm(u_t, h, w_hh_t))
+        batch, steps = u.shape[:2]
+        product = WeightProduct(weight_hh, batch, steps, (u, *state))
+        (h,) = state
+        outputs, preactivations = [], []
+        for u_t in u.transpose(0, 1).contiguous().unbind(0):  # time-major: each step's inputs contiguous
+            a = product.addmm(u_t, h)
+            h = act(a)
+            if keep:
+                preactivations.append(a)
             outputs.append(h)
-        return torch.stack(outputs, dim=1), h
+        saved = ()
+        if keep:
+            previous = torch.stack([state[0], *outputs[:-1]])
+            saved = (torch.stack(preactivations), previous)
+        return torch.stack(outputs, dim=1), (h,), saved
+
+    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
+        preactivations, previous = saved
+        with torch.enable_grad():  # H'(a) for every step at once, for any elementwise H
+            a = preactivations.detach().requires_grad_()
+            (derivative,) = torch.autograd.grad(ACTIVATIONS[self.activation](a), a, torch.ones_like(a))
+        steps, batch = preactivations.shape[:2]
+        product_t = WeightProduct(weight_hh.t(), batch, steps, (grad_outputs, *grad_state))
+        grad_pre = torch.empty_like(preactivations)
+        (grad_h,) = grad_state
+        for t in reversed(range(steps)):
+            grad_h = grad_h + grad_outputs[t]
+            torch.mul(grad_h, derivative[t], out=grad_pre[t])
+            grad_h = product_t.mm(grad_pre[t])
+        grad_weight = torch.mm(grad_pre.flatten(0, 1).t(), previous.flatten(0, 1))
+        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h,)
 
 
 class PreLSTM(PreRecurrentLayer):
@@ -321,23 +427,57 @@ class PreLSTM(PreRecurrentLayer):
 
     cell = CellType.LSTM
 
-    def _recur(self, u: Tensor, state: tuple[Tensor, Tensor], observer: Optional[GateObserver], index: int):
+    def _fused_op(self) -> Optional[Callable]:
+        return torch.lstm if self.conv is None and not self.sih else None
+
+    def _steps(self, u, weight_hh, state, observer, index, keep):
         hidden = self.hidden_size
-        w_hh_t = self.weight_hh.t()
+        batch, steps = u.shape[:2]
+        product = WeightProduct(weight_hh, batch, steps, (u, *state))
         h, c = state
-        outputs = []
-        for u_t in u.unbind(1):  # views, no per-step indexing ops
-            gates = torch.addmm(u_t, h, w_hh_t)
-            # One sigmoid over all 4H pre-activations (the g block's is unused) instead of three calls.
+        outputs, activations, cells = [], [], []
+        for u_t in u.transpose(0, 1).contiguous().unbind(0):  # time-major: each step's inputs contiguous
+            gates = self._preactivations(product, u_t, h, 4)
+            # One sigmoid over all 4H pre-activations (the c̃ block's is unused) instead of three calls.
             sig = torch.sigmoid(gates)
-            i, f, o = sig[:, :hidden], sig[:, hidden : 2 * hidden], sig[:, 3 * hidden :]
+            i, f, _, o = sig.view(-1, 4, hidden).unbind(1)
             g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-            c = torch.addcmul(f * c, i, g)  # f ⊙ c + i ⊙ g
+            c = torch.addcmul(f * c, i, g)  # f ⊙ c + i ⊙ c̃
             h = o * torch.tanh(c)
             if observer is not None:
                 observer(index, {"i": i, "f": f, "o": o, "g": g})
+            if keep:
+                sig[:, 2 * hidden : 3 * hidden] = g  # (i, f, c̃, o), no autograd here
+                activations.append(sig)
+                cells.append(c)
             outputs.append(h)
-        return torch.stack(outputs, dim=1), (h, c)
+        saved = ()
+        if keep:
+            saved = (torch.stack(activations), torch.stack([state[1], *cells]), torch.stack([state[0], *outputs[:-1]]))
+        return torch.stack(outputs, dim=1), (h, c), saved
+
+    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
+        activations, cells, previous = saved
+        steps, batch = activations.shape[:2]
+        hidden = self.hidden_size
+        i, f, g, o = activations.split(hidden, dim=2)
+        tanh_c = torch.tanh(cells[1:])
+        # ∂h_t/∂c_t, and per-gate factors of ∂L/∂pre-activation, for all steps at once.
+        cell_from_h = o * (1 - tanh_c * tanh_c)
+        ifg_factors = torch.stack([g * i * (1 - i), cells[:-1] * f * (1 - f), i * (1 - g * g)], dim=2)  # [T, B, 3, H]
+        o_factor = tanh_c * o * (1 - o)
+        product_t = WeightProduct(weight_hh.t(), batch, steps, (grad_outputs, *grad_state))
+        grad_pre = torch.empty_like(activations)
+        grad_h, grad_c = grad_state
+        for t in reversed(range(steps)):
+            grad_h = grad_h + grad_outputs[t]
+            grad_c = torch.addcmul(grad_c, grad_h, cell_from_h[t])
+            torch.mul(ifg_factors[t], grad_c.unsqueeze(1), out=grad_pre[t, :, : 3 * hidden].view(batch, 3, hidden))
+            torch.mul(grad_h, o_factor[t], out=grad_pre[t, :, 3 * hidden :])
+            grad_c = grad_c * f[t]
+            grad_h = product_t.mm(grad_pre[t])
+        grad_weight = torch.mm(grad_pre.flatten(0, 1).t(), previous.flatten(0, 1))
+        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h, grad_c)
 
 
 class PreGRU(PreRecurrentLayer):
@@ -357,21 +497,92 @@ class PreGRU(PreRecurrentLayer):
 
     cell = CellType.GRU
 
-    def _recur(self, u: Tensor, state: Tensor, observer: Optional[GateObserver], index: int) -> tuple[Tensor, Tensor]:
+    def _steps(self, u, weight_hh, state, observer, index, keep):
         hidden = self.hidden_size
-        w_rz_t = self.weight_hh[: 2 * hidden].t()
-        w_n_t = self.weight_hh[2 * hidden :].t()
-        h = state
-        outputs = []
-        for u_t in u.unbind(1):  # views, no per-step indexing ops
-            rz = torch.sigmoid(torch.addmm(u_t[:, : 2 * hidden], h, w_rz_t))
+        batch, steps = u.shape[:2]
+        product_rz = WeightProduct(weight_hh[: 2 * hidden], batch, steps, (u, *state))
+        product_n = WeightProduct(weight_hh[2 * hidden :], batch, steps, (u, *state))
+        (h,) = state
+        outputs, activations, previous, reset = [], [], [], []
+        # Time-major, and the (r, z) and n inputs apart: every step's operands are contiguous.
+        time_major = u.transpose(0, 1)
+        if self.sih:
+            u_rz = u_n = time_major.contiguous().unbind(0)
+        else:
+            u_rz = time_major[..., : 2 * hidden].contiguous().unbind(0)
+            u_n = time_major[..., 2 * hidden :].contiguous().unbind(0)
+        for u_rz_t, u_n_t in zip(u_rz, u_n):
+            rz = torch.sigmoid(self._preactivations(product_rz, u_rz_t, h, 2))
             r, z = rz.chunk(2, dim=1)
-            n = torch.tanh(torch.addmm(u_t[:, 2 * hidden :], r * h, w_n_t))
-            h = h + z * (n - h)  # (1 - z) ⊙ h + z ⊙ h̃
+            r_h = r * h
+            n = torch.tanh(self._preactivations(product_n, u_n_t, r_h, 1))
+            if keep:
+                activations.append(torch.cat([rz, n], dim=1))
+                previous.append(h)
+                reset.append(r_h)
+            h = torch.lerp(h, n, z)  # (1 - z) ⊙ h + z ⊙ h̃
             if observer is not None:
                 observer(index, {"r": r, "z": z})
             outputs.append(h)
-        return torch.stack(outputs, dim=1), h
+        saved = (torch.stack(activations), torch.stack(previous), torch.stack(reset)) if keep else ()
+        return torch.stack(outputs, dim=1), (h,), saved
+
+    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
+        activations, previous, reset = saved
+        steps, batch = activations.shape[:2]
+        hidden = self.hidden_size
+        r, z, n = activations.split(hidden, dim=2)
+        n_factor = z * (1 - n * n)
+        z_factor = (n - previous) * z * (1 - z)
+        r_factor = previous * r * (1 - r)
+        keep_factor = 1 - z
+        operands = (grad_outputs, *grad_state)
+        product_rz_t = WeightProduct(weight_hh[: 2 * hidden].t(), batch, steps, operands)
+        product_n_t = WeightProduct(weight_hh[2 * hidden :].t(), batch, steps, operands)
+        grad_pre = torch.empty_like(activations)
+        (grad_h,) = grad_state
+        for t in reversed(range(steps)):
+            grad_h = grad_h + grad_outputs[t]
+            torch.mul(grad_h, n_factor[t], out=grad_pre[t, :, 2 * hidden :])
+            torch.mul(grad_h, z_factor[t], out=grad_pre[t, :, hidden : 2 * hidden])
+            grad_r_h = product_n_t.mm(grad_pre[t, :, 2 * hidden :])  # ∂L/∂(r ⊙ h_{t-1})
+            torch.mul(grad_r_h, r_factor[t], out=grad_pre[t, :, :hidden])
+            grad_h = product_rz_t.addmm(torch.addcmul(grad_h * keep_factor[t], grad_r_h, r[t]), grad_pre[t, :, : 2 * hidden])
+        flat = grad_pre.flatten(0, 1)
+        grad_weight = torch.cat([
+            torch.mm(flat[:, : 2 * hidden].t(), previous.flatten(0, 1)),
+            torch.mm(flat[:, 2 * hidden :].t(), reset.flatten(0, 1)),
+        ])
+        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h,)
+
+
+def _needs_sequence_function(*tensors: Tensor) -> bool:
+    """Whether a recurrence should run as one :class:`_SequenceFunction` node (training in eager mode)."""
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        return False
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return False
+    device = tensors[0].device.type
+    return device != "meta" and not torch.is_autocast_enabled(device)
+
+
+class _SequenceFunction(torch.autograd.Function):
+    """A layer's whole recurrence as one autograd node: :meth:`PreRecurrentLayer._steps` forward,
+    :meth:`PreRecurrentLayer._backward` backward."""
+
+    @staticmethod
+    def forward(ctx, layer, observer, index, u, weight_hh, *state):
+        outputs, last, saved = layer._steps(u, weight_hh, state, observer, index, keep=True)
+        ctx.layer = layer
+        ctx.save_for_backward(weight_hh, *saved)
+        return (outputs, *last)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs, *grad_last):
+        weight_hh, *saved = ctx.saved_tensors
+        grad_u, grad_weight, grad_state = ctx.layer._backward(tuple(saved), weight_hh, grad_outputs.transpose(0, 1), grad_last)
+        return (None, None, None, grad_u, grad_weight, *grad_state)
 
 
 CELL_CLASSES: dict[CellType, type[PreRecurrentLayer]] = {

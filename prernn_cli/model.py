@@ -102,8 +102,8 @@ class RecurrentModel(nn.Module):
         inputs = self.trunk(frames.flatten(0, 1))
         new_state: list[LayerState] = []
         for index, layer in enumerate(self.layers):
-            projected = layer.project(*inputs).view(batch, steps, -1)
-            sequence, layer_state = layer.recur(projected, state[index], gate_observer, index)
+            per_sequence = [tensor.view(batch, steps, *tensor.shape[1:]) for tensor in inputs]
+            sequence, layer_state = layer(*per_sequence, state=state[index], gate_observer=gate_observer, layer_index=index)
             new_state.append(layer_state)
             flat = sequence.flatten(0, 1)
             if index < len(self.between):

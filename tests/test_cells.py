@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from prernn_cli.cells import ConvGeometry, PreGRU, PreLSTM, PreVRNN
+from prernn_cli.cells import ConvGeometry, PreGRU, PreLSTM, PreVRNN, _SequenceFunction
 from prernn_cli.spec import CellType, InitScheme, LayerKind
 
 B, T, IN, H = 2, 4, 7, 5
@@ -137,6 +137,90 @@ def test_hidden_init_schemes(scheme):
         assert all(block.abs().max() > 0 for block in blocks)
         bound = 1 / H ** 0.5 if scheme is InitScheme.UNIFORM else (6 / (2 * H)) ** 0.5
         assert layer.weight_hh.abs().max() <= bound + 1e-6
+
+
+def _gradients(layer, x, state, forward):
+    """Gradients of a loss touching every output and the last state, w.r.t. x, every parameter and the state."""
+    leaves = [x, *state, *layer.parameters()]
+    out, h_n, c_n = forward(x, state)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    loss = (out * weights).sum() + h_n.square().sum() + (c_n.sin().sum() if c_n is not None else 0)
+    return torch.autograd.grad(loss, leaves)
+
+
+def _loop_route(layer, x, state):
+    """The layer's own route: project all frames, then its time loop (what GRU, SIH and conv layers always take)."""
+    return layer.recur(layer.project(x.flatten(0, 1)).view(*x.shape[:2], -1), state)
+
+
+@pytest.mark.parametrize("route", ["forward", "loop"])
+@pytest.mark.parametrize("cls,sih", CELLS)
+def test_backward_matches_autograd_of_the_equations(cls, sih, route):
+    """Training gradients — of torch's fused op where ``forward`` takes it, of the loop's own backward pass
+    otherwise — against autograd through the written-out equations."""
+    layer = cls(IN, H, sih=sih)
+    _randomize(layer)
+    x = torch.randn(B, T, IN, requires_grad=True)
+    state = [torch.randn(B, H, requires_grad=True) for _ in range(2 if cls is PreLSTM else 1)]
+    run = layer if route == "forward" else lambda x, state: _loop_route(layer, x, state)
+
+    def ours(x, state):
+        out, last = run(x, state=tuple(state) if cls is PreLSTM else state[0])
+        return (out, *last) if cls is PreLSTM else (out, last, None)
+
+    def reference(x, state):
+        return _reference(layer, x, state[0], state[1] if cls is PreLSTM else None)
+
+    for got, expected in zip(_gradients(layer, x, state, ours), _gradients(layer, x, state, reference)):
+        assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fc_lstm_and_relu_vrnn_run_as_torch_fused_ops_on_cpu():
+    """Gate-dependent fc LSTM and ReLU/tanh VRNN are torch.nn's LSTM/RNN exactly: they run as its kernels;
+    SIH, GRU and other activations run the layer's own loop."""
+    fused = [PreLSTM(IN, H), PreVRNN(IN, H), PreVRNN(IN, H, activation="tanh")]
+    own = [PreLSTM(IN, H, sih=True), PreGRU(IN, H), PreVRNN(IN, H, activation="gelu")]
+    assert all(layer._fused_op() is not None for layer in fused)
+    assert all(layer._fused_op() is None for layer in own)
+    out, _ = PreGRU(IN, H)(torch.randn(B, T, IN))
+    assert type(out.grad_fn).__name__ == "_SequenceFunctionBackward"
+    with torch.no_grad():
+        out, _ = PreGRU(IN, H)(torch.randn(B, T, IN))
+    assert out.grad_fn is None
+    for layer in fused:
+        _randomize(layer)
+        x = torch.randn(B, T, IN)
+        with torch.no_grad():
+            assert_close(layer(x)[0], _loop_route(layer, x, None)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "identity"])
+def test_vrnn_backward_for_each_activation(activation):
+    layer = PreVRNN(IN, H, activation=activation)
+    _randomize(layer)
+    x = torch.randn(B, T, IN, requires_grad=True)
+    h0 = torch.randn(B, H, requires_grad=True)
+
+    def ours(x, state):
+        out, last = layer(x, state=state[0])
+        return out, last, None
+
+    def plain(x, state):  # the same steps as plain tensor operations, differentiated by autograd
+        u = layer.project(x.flatten(0, 1)).view(B, T, -1)
+        out, (last,), _ = layer._steps(u, layer.weight_hh, (state[0],), None, 0, keep=False)
+        return out, last, None
+
+    for got, expected in zip(_gradients(layer, x, [h0], ours), _gradients(layer, x, [h0], plain)):
+        assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,sih", CELLS)
+def test_sequence_backward_passes_gradcheck(cls, sih):
+    layer = cls(3, 4, sih=sih, activation="tanh", dtype=torch.float64)
+    u = torch.randn(2, 3, layer.input_copies * 4, dtype=torch.float64, requires_grad=True)
+    weight_hh = torch.randn(cls.cell.num_gates * 4, 4, dtype=torch.float64, requires_grad=True)
+    state = [torch.randn(2, 4, dtype=torch.float64, requires_grad=True) for _ in range(2 if cls is PreLSTM else 1)]
+    assert torch.autograd.gradcheck(lambda u, w, *s: _SequenceFunction.apply(layer, None, 0, u, w, *s), (u, weight_hh, *state))
 
 
 @pytest.mark.parametrize("cls,sih", CELLS)
