@@ -484,6 +484,7 @@ def train_command(
     device: DeviceOption = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (ignored on CPU).")] = True,
     workers: WorkersOption = 2,
+    frame_cache: Annotated[Optional[Path], typer.Option("--frame-cache", help="Keep every clip's decoded frames, resized for the model (uint8), in this folder: clips are decoded once, in the first epoch, and read from there afterwards (and by later runs). Costs frames × H × W × C bytes per clip.", show_default=False)] = None,
     strict: StrictOption = False,
     val_fraction: ValFractionOption = 0.2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Also save `last` every N optimiser steps (0: at the end of each epoch only).")] = 0,
@@ -526,7 +527,7 @@ def train_command(
         lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=choice(ScheduleKind, schedule, "--schedule"),
         warmup_steps=warmup_steps, step_epochs=step_epochs, gamma=gamma, clip_grad=clip_grad or None,
         pretrained_lr_mult=pretrained_lr_mult, freeze_trunk=freeze_trunk, seed=seed, device=device, amp=amp, workers=workers,
-        strict=strict, checkpoint_every=checkpoint_every, max_steps=max_steps, clip_pool=choice(ClipPool, clip_pool, "--clip-pool"),
+        frame_cache=str(frame_cache) if frame_cache else None, strict=strict, checkpoint_every=checkpoint_every, max_steps=max_steps, clip_pool=choice(ClipPool, clip_pool, "--clip-pool"),
         error_norm=choice(ErrorNorm, error_norm, "--error-norm"), norm_points=points, auc_threshold=auc_threshold,
     )
     is_main = int(os.environ.get("RANK", "0")) == 0

@@ -48,6 +48,7 @@ and skips it (or stops under ``strict``).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import random
@@ -63,6 +64,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from prernn_cli.errors import DataError
+from prernn_cli.frame_cache import FrameCache
 from prernn_cli.spec import FrameKind, InputSpec
 
 logger = logging.getLogger(__name__)
@@ -135,6 +137,33 @@ def _is_clip(path: Path) -> bool:
 
 def _frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@functools.lru_cache(maxsize=65536)
+def _frame_folder(folder: Path, mtime_ns: int) -> tuple[tuple[Path, ...], tuple[int, int]]:
+    """A frame folder's image files and their one size, checked once per process (and again when the folder changes).
+
+    Raises :class:`ClipReadError` for an empty folder or frames of different sizes.
+    """
+    files = _frame_files(folder)
+    if not files:
+        raise ClipReadError("folder holds no frame images")
+    sizes = set()
+    try:
+        for file in files:  # header reads only: cheap, and catches a mixed folder
+            with Image.open(file) as image:
+                sizes.add(image.size)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ClipReadError(f"cannot read frame image ({_short(error)})") from None
+    if len(sizes) > 1:
+        raise ClipReadError(f"frames of different sizes {sorted(sizes)[:3]} in one folder")
+    return tuple(files), sizes.pop()
+
+
+def frame_folder(folder: Path) -> tuple[tuple[Path, ...], tuple[int, int]]:
+    """The image files of a frame folder, sorted by name, and their size ``(width, height)``."""
+    folder = Path(folder)
+    return _frame_folder(folder, folder.stat().st_mtime_ns)
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
@@ -363,7 +392,7 @@ def count_frames(path: Path) -> int:
     """Number of frames in a clip (decodes a video when its header has no count)."""
     path = Path(path)
     if path.is_dir():
-        return len(_frame_files(path))
+        return len(frame_folder(path)[0])
     import av
 
     try:
@@ -389,22 +418,16 @@ def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[list[
     """
     path = Path(path)
     if path.is_dir():
-        files = _frame_files(path)
-        if not files:
-            raise ClipReadError("folder holds no frame images")
+        files, size = frame_folder(path)
+        wanted = range(len(files)) if indices is None else indices
+        if any(i >= len(files) for i in wanted):
+            raise ClipReadError(f"too short: {len(files)} frames")
+        frames = []
         try:
-            sizes = set()
-            for file in files:  # header reads only: cheap, and catches a mixed folder
-                with Image.open(file) as image:
-                    sizes.add(image.size)
-            if len(sizes) > 1:
-                raise ClipReadError(f"frames of different sizes {sorted(sizes)[:3]} in one folder")
-            wanted = range(len(files)) if indices is None else indices
-            if any(i >= len(files) for i in wanted):
-                raise ClipReadError(f"too short: {len(files)} frames")
-            frames = []
             for i in wanted:
                 with Image.open(files[i]) as image:
+                    if image.size != size:  # rewritten since the folder was checked
+                        raise ClipReadError(f"frames of different sizes {sorted({size, image.size})} in one folder")
                     frames.append(np.asarray(image.convert("RGB")))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ClipReadError(f"cannot read frame image ({_short(error)})") from None
@@ -535,17 +558,20 @@ def _resize_shorter(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image
 
 
-def preprocess(frames: Sequence[np.ndarray], spec: InputSpec, crop: tuple[int, int] | None = None, flip: bool = False, rng: random.Random | None = None) -> Tensor:
-    """Resize, crop, normalise ``frames`` (H×W×3 uint8) into ``[N, C, H, W]`` float32.
+def resize_frames(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Frames (H×W×3 uint8) resized, shorter side first, to cover the model's size: ``[N, H', W', C]`` uint8."""
+    mode = "L" if spec.channels == 1 else "RGB"
+    images = [_resize_shorter(Image.fromarray(f).convert(mode), spec.size) for f in frames]
+    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # N,H',W'(,C)
+    return arrays[..., None] if arrays.ndim == 3 else arrays
+
+
+def to_tensor(arrays: np.ndarray, spec: InputSpec, flip: bool = False, rng: random.Random | None = None) -> Tensor:
+    """Crop and normalise resized frames ``[N, H', W', C]`` uint8 into ``[N, C, H, W]`` float32.
 
     ``rng`` given: a random translation crop (same for every frame); else centre crop.
     """
     height, width = spec.size
-    mode = "L" if spec.channels == 1 else "RGB"
-    images = [_resize_shorter(Image.fromarray(f).convert(mode), spec.size) for f in frames]
-    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # N,H',W'(,C)
-    if arrays.ndim == 3:
-        arrays = arrays[..., None]
     _, h, w, _ = arrays.shape
     if rng is not None:
         pad = max(1, round(TRANSLATE_FRACTION * min(height, width)))
@@ -563,6 +589,11 @@ def preprocess(frames: Sequence[np.ndarray], spec: InputSpec, crop: tuple[int, i
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
     return tensor.sub_(mean).div_(std)
+
+
+def preprocess(frames: Sequence[np.ndarray], spec: InputSpec, flip: bool = False, rng: random.Random | None = None) -> Tensor:
+    """Resize, crop, normalise ``frames`` (H×W×3 uint8) into ``[N, C, H, W]`` float32 (:func:`resize_frames`, :func:`to_tensor`)."""
+    return to_tensor(resize_frames(frames, spec), spec, flip=flip, rng=rng)
 
 
 # ---------------------------------------------------------------- dataset
@@ -585,6 +616,7 @@ class ClipDataset(Dataset):
     augment: Augment | None = None
     seed: int = 0
     epoch: int = 0
+    frame_cache: FrameCache | None = None
     _warned: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -616,23 +648,33 @@ class ClipDataset(Dataset):
     def _load(self, index: int, clip: Clip) -> dict:
         rng = self._rng(index) if self.augment is not None else None
         snippet = self.snippet
-        if clip.start is not None:
-            n = clip.num_frames if clip.num_frames is not None else count_frames(clip.path)
-            starts = step_starts(n, self.steps, snippet, Sampling.DENSE, start=clip.start)
-            frames, n = read_frames(clip.path, [s + j for s in starts for j in range(snippet)])
-        elif clip.path.is_dir():  # frame folder: count by listing, decode only the frames used
-            n = count_frames(clip.path)
-            starts = step_starts(n, self.steps, snippet, self.sampling, rng=rng if self.sampling is Sampling.RANDOM else None)
-            frames, n = read_frames(clip.path, [s + j for s in starts for j in range(snippet)])
-        else:  # video: one decoding pass
-            frames, n = read_frames(clip.path)
-            starts = step_starts(n, self.steps, snippet, self.sampling, rng=rng if self.sampling is Sampling.RANDOM else None)
-            frames = [frames[s + j] for s in starts for j in range(snippet)]
+        step_rng = rng if self.sampling is Sampling.RANDOM else None
+
+        def starts_in(num_frames: int) -> list[int]:
+            if clip.start is not None:
+                return step_starts(num_frames, self.steps, snippet, Sampling.DENSE, start=clip.start)
+            return step_starts(num_frames, self.steps, snippet, self.sampling, rng=step_rng)
+
+        if self.frame_cache is not None:  # every frame decoded and resized once, then read from the cache
+            resized = self.frame_cache.frames(clip.path, lambda path: resize_frames(read_frames(path)[0], self.spec))
+            n = resized.shape[0]
+            starts = starts_in(n)
+            arrays = resized[[s + j for s in starts for j in range(snippet)]]
+        else:
+            if clip.start is not None or clip.path.is_dir():  # decode only the frames used
+                n = clip.num_frames if clip.num_frames is not None else count_frames(clip.path)
+                starts = starts_in(n)
+                frames, n = read_frames(clip.path, [s + j for s in starts for j in range(snippet)])
+            else:  # video: one decoding pass
+                frames, n = read_frames(clip.path)
+                starts = starts_in(n)
+                frames = [frames[s + j] for s in starts for j in range(snippet)]
+            arrays = resize_frames(frames, self.spec)
         flip = False
         if self.augment is not None and self.augment.flip and rng is not None:
             flip = rng.random() < 0.5
         crop_rng = rng if (self.augment is not None and self.augment.translate) else None
-        tensor = preprocess(frames, self.spec, flip=flip, rng=crop_rng)  # [T*L, C, H, W]
+        tensor = to_tensor(arrays, self.spec, flip=flip, rng=crop_rng)  # [T*L, C, H, W]
         if snippet > 1:
             c, h, w = tensor.shape[1:]
             tensor = tensor.view(self.steps, snippet, c, h, w).permute(0, 2, 1, 3, 4).contiguous()  # T, C, L, H, W

@@ -48,6 +48,7 @@ from prernn_cli.data import Augment, ClipDataset, DataSplits, Sampling, Task, co
 from prernn_cli.errors import DataError, TrainingError, UserInputError
 from prernn_cli.evaluate import MAIN_METRIC, Accumulator, ClipPool, ErrorNorm, MetricOptions, autocast_context, report_skips, run_model, task_loss
 from prernn_cli.files import atomic_path
+from prernn_cli.frame_cache import FrameCache
 from prernn_cli.spec import FrameKind, HeadKind
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
     workers: int = 2
+    frame_cache: str | None = None  # folder of decoded, resized clips (FrameCache); None: decode every epoch
     strict: bool = False
     checkpoint_every: int = 0  # also save `last` every N optimiser steps (0: once per epoch)
     max_steps: int | None = None  # stop after this many optimiser steps (saves `last`)
@@ -440,9 +442,15 @@ def train(
             raise DataError(f"clip {skipped[0][0]}: {skipped[0][1]}; fix or remove it (or drop --strict)")
         if not train_clips:
             raise DataError("no training clip is long enough for one dense window; lower --steps")
-    train_set = ClipDataset(train_clips, model.spec.input, splits.task, config.steps, config.sampling, augment, seed=config.seed)
+    frame_cache = None
+    if config.frame_cache:
+        try:
+            frame_cache = FrameCache(Path(config.frame_cache), model.spec.input)
+        except OSError as error:
+            raise UserInputError(f"--frame-cache {config.frame_cache}: cannot create the folder ({error.strerror}); give a writable folder") from None
+    train_set = ClipDataset(train_clips, model.spec.input, splits.task, config.steps, config.sampling, augment, seed=config.seed, frame_cache=frame_cache)
     val_sampling = Sampling.DENSE if config.sampling is Sampling.DENSE else Sampling.UNIFORM
-    val_set = ClipDataset(val_clips, model.spec.input, splits.task, config.steps, val_sampling, None, seed=config.seed)
+    val_set = ClipDataset(val_clips, model.spec.input, splits.task, config.steps, val_sampling, None, seed=config.seed, frame_cache=frame_cache)
     dist_sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=False)
     steps_per_epoch = math.ceil(len(dist_sampler) / config.batch_size)
     loader_kwargs = dict(

@@ -1,0 +1,80 @@
+"""A disk cache of decoded clips: every frame, resized for the model, as uint8.
+
+Decoding (PNG, JPEG, H.264) and resizing cost more CPU than the rest of a
+training example. On a machine with few cores, the DataLoader workers doing it
+take that CPU from the model. With a cache, each clip is decoded once, in the
+first epoch. Later epochs, and later runs with the same input size, read a
+memory-mapped ``.npy`` file. Sampling, cropping, flipping and normalising still
+happen per example, so augmentation is unchanged.
+
+An entry is named by a hash of the clip's path, its size and modification times,
+and the frame size and channels the model wants. A changed clip or another
+model input size gets a new entry. An unreadable entry is decoded again. Entries
+are written to a temporary file and renamed, so workers racing on one clip, or a
+killed run, never leave a partial entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from prernn_cli.spec import InputSpec
+
+CACHE_FORMAT = 1  # bump when the stored layout changes
+
+log = logging.getLogger(__name__)
+
+
+class FrameCache:
+    """Resized uint8 frames ``[N, H', W', C]`` of whole clips, stored under ``root``.
+
+    Args:
+        root: the cache folder (created when missing).
+        spec: the model's input: frames are resized (shorter side, aspect kept) to its size and channels.
+    """
+
+    def __init__(self, root: Path, spec: InputSpec) -> None:
+        self.root = Path(root)
+        self.spec = spec
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, clip: Path) -> str:
+        clip = Path(clip).resolve()
+        if clip.is_dir():
+            entries = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(clip) if entry.is_file())
+        else:
+            status = clip.stat()
+            entries = [(clip.name, status.st_size, status.st_mtime_ns)]
+        identity = repr((CACHE_FORMAT, str(clip), entries, tuple(self.spec.size), self.spec.channels))
+        return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def path_for(self, clip: Path) -> Path:
+        """Where the entry of ``clip`` lives (whether or not it exists yet)."""
+        return self.root / f"{self._key(clip)}.npy"
+
+    def frames(self, clip: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+        """All frames of ``clip``, from the cache, or from ``decode(clip)`` (then stored)."""
+        entry = self.path_for(clip)
+        try:
+            return np.load(entry, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):  # missing, or unreadable: decode again
+            pass
+        frames = np.ascontiguousarray(decode(clip), dtype=np.uint8)
+        temporary = None
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{entry.stem}.", suffix=".npy.tmp")
+            with os.fdopen(descriptor, "wb") as handle:
+                np.save(handle, frames, allow_pickle=False)
+            os.replace(temporary, entry)
+        except OSError as error:  # a full disk: go on without this entry, the cache is only an optimisation
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+            log.warning("frame cache: cannot store %s in %s (%s); it will be decoded again", clip, self.root, error.strerror)
+        return frames
