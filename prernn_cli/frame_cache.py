@@ -8,8 +8,9 @@ memory-mapped ``.npy`` file. Sampling, cropping, flipping and normalising still
 happen per example, so augmentation is unchanged.
 
 An entry is named by a hash of the clip's path, its size and modification times,
-and the frame size and channels the model wants. A changed clip or another
-model input size gets a new entry. An unreadable entry is decoded again. Entries
+and the frame size and channels the model wants. A clip changed between runs, or
+another model input size, gets a new entry (a clip is looked at once per process,
+so changes during a run are not seen). An unreadable entry is decoded again. Entries
 are written to a temporary file and renamed, so workers racing on one clip, or a
 killed run, never leave a partial entry behind.
 """
@@ -44,9 +45,15 @@ class FrameCache:
         self.root = Path(root)
         self.spec = spec
         self.root.mkdir(parents=True, exist_ok=True)
+        self._keys: dict[Path, str] = {}  # per process: a clip is looked at (stat of every frame) once per run
 
     def _key(self, clip: Path) -> str:
-        clip = Path(clip).resolve()
+        clip = Path(clip)
+        if clip not in self._keys:
+            self._keys[clip] = self._identity(clip.resolve())
+        return self._keys[clip]
+
+    def _identity(self, clip: Path) -> str:
         if clip.is_dir():
             entries = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(clip) if entry.is_file())
         else:
