@@ -42,7 +42,10 @@ random choice of an example is drawn from a generator seeded with
 ``(seed, epoch, index)`` so results do not depend on the number of workers and a
 resumed run sees exactly the data an uninterrupted one would. A clip that fails
 to decode is returned as a failure record; the training loop reports it by path
-and skips it (or stops under ``strict``).
+and skips it (or stops under ``strict``). With a
+:class:`~prernn_cli.frame_cache.FrameCache`, a clip's frames are decoded and
+resized once and read from the cache afterwards; sampling and augmentation are
+the same either way.
 """
 
 from __future__ import annotations
@@ -757,7 +760,7 @@ def parse_flip_pairs(text: str | None) -> dict[str, str]:
 
 __all__ = [
     "Task", "Sampling", "Clip", "DataSplits", "Augment", "ClipDataset", "ClipReadError",
-    "discover", "read_manifest", "load_targets", "read_frames", "count_frames", "step_starts",
-    "dense_windows", "preprocess", "collate", "check_targets", "describe", "parse_flip_pairs",
+    "discover", "read_manifest", "load_targets", "read_frames", "count_frames", "frame_folder", "step_starts",
+    "dense_windows", "resize_frames", "to_tensor", "preprocess", "collate", "check_targets", "describe", "parse_flip_pairs",
     "flip_pairs_from_names",
 ]
