@@ -397,6 +397,7 @@ SplitOption = Annotated[str, typer.Option("--split", help="Which split to use: v
 DataOption = Annotated[Path, typer.Option("--data", "-d", help="Clips: DIR/<class>/<clip> (video files or frame folders), DIR/{train,val}/<class>/<clip>, or a .csv/.jsonl manifest.", show_default=False)]
 StepsOption = Annotated[int, typer.Option("--steps", "-T", min=1, help="Time steps sampled per clip (for 3D backbones each step is a snippet of L frames).")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+FrameCacheOption = Annotated[Optional[Path], typer.Option("--frame-cache", help="Keep every clip's decoded frames, resized for the model (uint8), in this folder: clips are decoded once and read from there afterwards (later epochs, later runs, evaluate). Costs frames × H × W × C bytes per clip.", show_default=False)]
 WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding clips (0: decode in the main process).")]
 StrictOption = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable or too-short clip instead of skipping it.")]
 ValFractionOption = Annotated[float, typer.Option("--val-fraction", help="Share of each class held out for validation when DIR has no train/val folders (deterministic).")]
@@ -484,7 +485,7 @@ def train_command(
     device: DeviceOption = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (ignored on CPU).")] = True,
     workers: WorkersOption = 2,
-    frame_cache: Annotated[Optional[Path], typer.Option("--frame-cache", help="Keep every clip's decoded frames, resized for the model (uint8), in this folder: clips are decoded once, in the first epoch, and read from there afterwards (and by later runs). Costs frames × H × W × C bytes per clip.", show_default=False)] = None,
+    frame_cache: FrameCacheOption = None,
     strict: StrictOption = False,
     val_fraction: ValFractionOption = 0.2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Also save `last` every N optimiser steps (0: at the end of each epoch only).")] = 0,
@@ -573,6 +574,7 @@ def evaluate_command(
     auc_threshold: Annotated[float, typer.Option("--auc-threshold", help="regress: upper error limit of the AUC.")] = 0.08,
     device: DeviceOption = "auto",
     workers: WorkersOption = 0,
+    frame_cache: FrameCacheOption = None,
     strict: StrictOption = False,
     val_fraction: ValFractionOption = 0.2,
     json_output: JsonOption = False,
@@ -591,7 +593,8 @@ def evaluate_command(
         raise UserInputError(f"--sampling {sampling!r} is not one of uniform, dense")
     model = load_converted(model_path)
     result = evaluate(model, data, split=split, steps=steps, batch_size=batch_size, sampling=sampling, val_fraction=val_fraction,
-                      task=task_enum, workers=workers, device=device, options=options, output_dir=output_dir, strict=strict)
+                      task=task_enum, workers=workers, device=device, options=options, output_dir=output_dir, strict=strict,
+                      frame_cache=frame_cache)
     if json_output:
         print_json(result.to_dict())
         return

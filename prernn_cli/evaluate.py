@@ -330,6 +330,7 @@ def evaluate(
     output_dir: Path | None = None,
     strict: bool = False,
     amp: bool = True,
+    frame_cache: Path | None = None,
 ) -> EvaluationResult:
     """Metrics of ``model`` on ``split`` of ``data`` (clip folder or manifest).
 
@@ -339,6 +340,7 @@ def evaluate(
     from torch.utils.data import DataLoader
 
     from prernn_cli.data import ClipDataset, Sampling, check_targets, dense_windows, discover
+    from prernn_cli.frame_cache import FrameCache
     from prernn_cli.train import check_model_outputs, resolve_device
 
     spec = model.spec
@@ -361,7 +363,8 @@ def evaluate(
     if sampling is Sampling.DENSE:
         clips, bad = dense_windows(clips, steps, snippet)
         skipped += [(str(p), r) for p, r in bad]
-    dataset = ClipDataset(clips, spec.input, task, steps=steps, sampling=Sampling.UNIFORM if sampling is Sampling.RANDOM else sampling)
+    cache = FrameCache.open(Path(frame_cache), spec.input) if frame_cache else None
+    dataset = ClipDataset(clips, spec.input, task, steps=steps, sampling=Sampling.UNIFORM if sampling is Sampling.RANDOM else sampling, frame_cache=cache)
     from prernn_cli.data import collate
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)

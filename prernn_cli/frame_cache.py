@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from prernn_cli.errors import UserInputError
 from prernn_cli.spec import InputSpec
 
 CACHE_FORMAT = 1  # bump when the stored layout changes
@@ -46,6 +47,14 @@ class FrameCache:
         self.spec = spec
         self.root.mkdir(parents=True, exist_ok=True)
         self._keys: dict[Path, str] = {}  # per process: a clip is looked at (stat of every frame) once per run
+
+    @classmethod
+    def open(cls, root: Path, spec: InputSpec) -> "FrameCache":
+        """The cache in ``root`` for a model with input ``spec``; a one-line :class:`UserInputError` when ``root`` cannot be made."""
+        try:
+            return cls(root, spec)
+        except OSError as error:
+            raise UserInputError(f"--frame-cache {root}: cannot create the folder ({error.strerror}); give a writable folder") from None
 
     def _key(self, clip: Path) -> str:
         clip = Path(clip)

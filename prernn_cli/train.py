@@ -442,12 +442,7 @@ def train(
             raise DataError(f"clip {skipped[0][0]}: {skipped[0][1]}; fix or remove it (or drop --strict)")
         if not train_clips:
             raise DataError("no training clip is long enough for one dense window; lower --steps")
-    frame_cache = None
-    if config.frame_cache:
-        try:
-            frame_cache = FrameCache(Path(config.frame_cache), model.spec.input)
-        except OSError as error:
-            raise UserInputError(f"--frame-cache {config.frame_cache}: cannot create the folder ({error.strerror}); give a writable folder") from None
+    frame_cache = FrameCache.open(Path(config.frame_cache), model.spec.input) if config.frame_cache else None
     train_set = ClipDataset(train_clips, model.spec.input, splits.task, config.steps, config.sampling, augment, seed=config.seed, frame_cache=frame_cache)
     val_sampling = Sampling.DENSE if config.sampling is Sampling.DENSE else Sampling.UNIFORM
     val_set = ClipDataset(val_clips, model.spec.input, splits.task, config.steps, val_sampling, None, seed=config.seed, frame_cache=frame_cache)

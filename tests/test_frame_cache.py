@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -83,6 +84,14 @@ def test_train_with_frame_cache(clip_tree, tmp_path):
                                       "--frame-cache", str(cache), "--val-fraction", "0.3", *FAST])
     assert result.exit_code == 0, result.output
     assert len(list(cache.glob("*.npy"))) == 6  # every clip, train and val, once
+    evaluations = []
+    for extra in ([], ["--frame-cache", str(cache)]):  # evaluate reads the same entries, with the same result
+        result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "last.safetensors"), "--data", str(clip_tree), "--split", "train",
+                                          "--val-fraction", "0.3", "--steps", "4", "--device", "cpu", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        evaluations.append(json.loads(result.stdout)["metrics"])
+    assert evaluations[0] == evaluations[1]
+    assert len(list(cache.glob("*.npy"))) == 6
     blocked = tmp_path / "file"
     blocked.write_text("")
     result = CliRunner().invoke(app, ["train", str(model), "--data", str(clip_tree), "-o", str(tmp_path / "run2"), "--epochs", "1",
