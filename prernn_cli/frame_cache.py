@@ -75,11 +75,20 @@ class FrameCache:
         """Where the entry of ``clip`` lives (whether or not it exists yet)."""
         return self.root / f"{self._key(clip)}.npy"
 
+    def _fits(self, frames: np.ndarray) -> bool:
+        """Whether a stored entry has the layout this cache writes: ``[N ≥ 1, H' ≥ H, W' ≥ W, channels]`` uint8."""
+        height, width = self.spec.size
+        channels = 1 if self.spec.channels == 1 else 3
+        return (frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] >= 1
+                and frames.shape[1] >= height and frames.shape[2] >= width and frames.shape[3] == channels)
+
     def frames(self, clip: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
         """All frames of ``clip``, from the cache, or from ``decode(clip)`` (then stored)."""
         entry = self.path_for(clip)
         try:
-            return np.load(entry, mmap_mode="r", allow_pickle=False)
+            cached = np.load(entry, mmap_mode="r", allow_pickle=False)
+            if self._fits(cached):
+                return cached
         except (OSError, ValueError):  # missing, or unreadable: decode again
             pass
         frames = np.ascontiguousarray(decode(clip), dtype=np.uint8)

@@ -74,6 +74,8 @@ def test_unreadable_entry_is_decoded_again_and_nothing_partial_is_left(clip_tree
     assert len(calls) == 1 and frames.shape == (10, 24, 24, 3)
     assert np.array_equal(np.load(cache.path_for(video)), frames)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.path_for(video).name]  # no temporary files
+    np.save(cache.path_for(video), np.zeros((10, 8, 8, 3), dtype=np.uint8))  # a valid .npy of the wrong layout
+    assert cache.frames(video, _decoder(calls)).shape == (10, 24, 24, 3) and len(calls) == 2
 
 
 def test_train_with_frame_cache(clip_tree, tmp_path):
