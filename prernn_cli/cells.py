@@ -503,7 +503,7 @@ class PreGRU(PreRecurrentLayer):
         product_rz = WeightProduct(weight_hh[: 2 * hidden], batch, steps, (u, *state))
         product_n = WeightProduct(weight_hh[2 * hidden :], batch, steps, (u, *state))
         (h,) = state
-        outputs, activations, previous, reset = [], [], [], []
+        outputs, gates_rz, candidates, previous, reset = [], [], [], [], []
         # Time-major, and the (r, z) and n inputs apart: every step's operands are contiguous.
         time_major = u.transpose(0, 1)
         if self.sih:
@@ -517,14 +517,18 @@ class PreGRU(PreRecurrentLayer):
             r_h = r * h
             n = torch.tanh(self._preactivations(product_n, u_n_t, r_h, 1))
             if keep:
-                activations.append(torch.cat([rz, n], dim=1))
+                gates_rz.append(rz)
+                candidates.append(n)
                 previous.append(h)
                 reset.append(r_h)
             h = torch.lerp(h, n, z)  # (1 - z) ⊙ h + z ⊙ h̃
             if observer is not None:
                 observer(index, {"r": r, "z": z})
             outputs.append(h)
-        saved = (torch.stack(activations), torch.stack(previous), torch.stack(reset)) if keep else ()
+        saved = ()
+        if keep:  # (r, z, h̃) as one [T, B, 3H] tensor, joined once rather than per step
+            activations = torch.cat([torch.stack(gates_rz), torch.stack(candidates)], dim=2)
+            saved = (activations, torch.stack(previous), torch.stack(reset))
         return torch.stack(outputs, dim=1), (h,), saved
 
     def _backward(self, saved, weight_hh, grad_outputs, grad_state):

@@ -150,7 +150,7 @@ def _frame_folder(folder: Path, mtime_ns: int) -> tuple[tuple[Path, ...], tuple[
     """
     files = _frame_files(folder)
     if not files:
-        raise ClipReadError("folder holds no frame images")
+        raise ClipReadError(f"folder holds no frame images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     sizes = set()
     try:
         for file in files:  # header reads only: cheap, and catches a mixed folder

@@ -221,23 +221,18 @@ def probe_clip(path: Path) -> tuple[int, int, int, int]:
     """``(frames, channels, height, width)`` of a video file or frame folder, read from headers."""
     from PIL import Image
 
-    from prernn_cli.data import ClipReadError, count_frames
+    from prernn_cli.data import ClipReadError, count_frames, frame_folder
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give a video file or a folder of frame images")
     try:
-        count = count_frames(path)
         if path.is_dir():
-            from prernn_cli.data import IMAGE_SUFFIXES
-
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise DataError(f"{path} holds no frame images (png, jpg, ...); give a video file or a folder of frames")
+            files, (width, height) = frame_folder(path)
             with Image.open(files[0]) as image:
                 bands = 3 if image.mode == "P" else len(image.getbands())
-                width, height = image.size
-            return count, bands, height, width
+            return len(files), bands, height, width
+        count = count_frames(path)
         import av
 
         with av.open(str(path)) as container:
