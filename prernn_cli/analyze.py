@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prernn_cli.checkpoint import load_converted
+from prernn_cli.data import ClipDataset, ClipReadError, Sampling, collate, discover, preprocess, read_frames
 from prernn_cli.errors import DataError, PrernnError, UserInputError
 from prernn_cli.files import atomic_path
 from prernn_cli.spec import CellType, Design, FrameKind, InputSpec, ModelSpec
@@ -573,8 +575,6 @@ def clip_batches(
     ``batch_size`` clips (:class:`prernn_cli.data.ClipDataset`). Unusable clips
     are appended to ``skipped`` as (path, reason) and left out.
     """
-    from prernn_cli.data import ClipDataset, ClipReadError, Sampling, collate, discover, preprocess, read_frames
-
     splits = discover(Path(data), val_fraction=0.0)
     clips = select_clips(splits.val or splits.train, max_clips)
     skipped = skipped if skipped is not None else []
@@ -586,7 +586,7 @@ def clip_batches(
             if batch["size"]:
                 yield Segment(batch["frames"])
         return
-    snippet = (input_spec.snippet_length or 16) if input_spec.frame_kind is FrameKind.SNIPPET else 1
+    snippet = input_spec.frames_per_step
     for clip in clips:
         try:
             frames, count = read_frames(clip.path)
@@ -643,8 +643,6 @@ def analyze(
     Writes ``gates.png`` (:func:`gate_figure`) and ``summary.json`` into
     ``report_dir`` (default ``<model stem>_analysis``), atomically.
     """
-    from prernn_cli.checkpoint import load_converted
-
     paths = [Path(model_path)] + ([Path(compare)] if compare is not None else [])
     for path in paths:
         if not path.is_file():

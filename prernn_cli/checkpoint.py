@@ -46,10 +46,8 @@ from prernn_cli.architectures import (
 )
 from prernn_cli.errors import ArchitectureError, CheckpointError, PrernnError
 from prernn_cli.files import atomic_path
+from prernn_cli.model import RecurrentModel, build_recurrent_model
 from prernn_cli.spec import SPEC_METADATA_KEY, InputSpec, ModelSpec
-
-if TYPE_CHECKING:
-    from prernn_cli.model import RecurrentModel
 
 __all__ = [
     "CheckpointFormat",
@@ -451,15 +449,13 @@ def _read_spec(path: Path) -> ModelSpec:
         raise CheckpointError(f"{path} has an unreadable prernn spec ({error}); save the model again with this version of prernn") from error
 
 
-def load_converted(path: Path | str) -> "RecurrentModel":
+def load_converted(path: Path | str) -> RecurrentModel:
     """Rebuild a converted model from our safetensors file, unpickling nothing (SPEC §5).
 
     The base architecture is built with random weights, converted as the stored spec
     says, then every tensor (pretrained and recurrent) is loaded strictly from the file.
     """
     from safetensors.torch import load_file
-
-    from prernn_cli.model import build_recurrent_model
 
     path = Path(path)
     fmt = detect_format(path)
@@ -489,7 +485,7 @@ def load_converted(path: Path | str) -> "RecurrentModel":
     return model.eval()
 
 
-def save_converted(model: "RecurrentModel", path: Path | str) -> None:
+def save_converted(model: RecurrentModel, path: Path | str) -> None:
     """Write ``model`` as one safetensors file with its spec in the metadata (atomic: no half-written file)."""
     from safetensors.torch import save_file
 

@@ -131,7 +131,7 @@ def _shape_text(shape) -> str:
 
 def _input_text(spec, known: bool) -> str:
     step = "×".join(str(size) for size in spec.step_shape())
-    kind = f"3D snippet of {spec.snippet_length or 16} frames" if spec.frame_kind.value == "3d" else "2D frame"
+    kind = f"3D snippet of {spec.frames_per_step} frames" if spec.frame_kind.value == "3d" else "2D frame"
     mean = ", ".join(f"{value:.3g}" for value in spec.mean)
     std = ", ".join(f"{value:.3g}" for value in spec.std)
     text = f"{kind}, {step} per step (mean {mean}; std {std})"
@@ -241,7 +241,8 @@ def params_command(
 
     Example: [bold]prernn params --arch vgg16 --layer fc6,fc7[/]
     """
-    from prernn_cli.params import account_checkpoint, parse_cells, parse_layer_names
+    from prernn_cli.inspection import account_checkpoint
+    from prernn_cli.params import parse_cells, parse_layer_names
 
     report = account_checkpoint(
         checkpoint,
@@ -501,7 +502,7 @@ def train_command(
 
     from prernn_cli.checkpoint import load_converted
     from prernn_cli.data import Sampling, Task, check_targets, discover, parse_flip_pairs
-    from prernn_cli.evaluate import ClipPool, ErrorNorm
+    from prernn_cli.metrics import ClipPool, ErrorNorm
     from prernn_cli.errors import UserInputError
     from prernn_cli.train import OptimizerKind, ScheduleKind, TrainConfig, train
 
@@ -582,7 +583,8 @@ def evaluate_command(
     from prernn_cli.checkpoint import load_converted
     from prernn_cli.data import Task
     from prernn_cli.errors import UserInputError
-    from prernn_cli.evaluate import ClipPool, ErrorNorm, MetricOptions, evaluate
+    from prernn_cli.evaluate import evaluate
+    from prernn_cli.metrics import ClipPool, ErrorNorm, MetricOptions
 
     try:
         options = MetricOptions(ClipPool(clip_pool), ErrorNorm(error_norm), None, auc_threshold)

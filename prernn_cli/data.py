@@ -60,6 +60,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
+import av
 import numpy as np
 import torch
 from PIL import Image
@@ -68,7 +69,7 @@ from torch.utils.data import Dataset
 
 from prernn_cli.errors import DataError
 from prernn_cli.frame_cache import FrameCache
-from prernn_cli.spec import FrameKind, InputSpec
+from prernn_cli.spec import InputSpec, Task
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl"})
 CTC_BLANK = "<blank>"
 #: Padding of the random-translation augmentation, as a fraction of the crop size.
 TRANSLATE_FRACTION = 0.125
-
-
-class Task(str, Enum):
-    """What the model learns (SPEC / paper Table 1)."""
-
-    CLASSIFY = "classify"  # one class per clip, NLL over the sequence
-    REGRESS = "regress"  # K values per frame, l2
-    CTC = "ctc"  # a label sequence per clip, CTC with a blank class
 
 
 class Sampling(str, Enum):
@@ -396,8 +389,6 @@ def count_frames(path: Path) -> int:
     path = Path(path)
     if path.is_dir():
         return len(frame_folder(path)[0])
-    import av
-
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -435,8 +426,6 @@ def read_frames(path: Path, indices: Sequence[int] | None = None) -> tuple[list[
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ClipReadError(f"cannot read frame image ({_short(error)})") from None
         return frames, len(files)
-
-    import av
 
     wanted_set = None if indices is None else set(indices)
     last = None if indices is None else (max(indices) if len(indices) else -1)
@@ -599,6 +588,67 @@ def preprocess(frames: Sequence[np.ndarray], spec: InputSpec, flip: bool = False
     return to_tensor(resize_frames(frames, spec), spec, flip=flip, rng=rng)
 
 
+# ---------------------------------------------------------------- whole clips as model steps (stream, export)
+
+
+def probe_clip(path: Path) -> tuple[int, int, int, int]:
+    """``(frames, channels, height, width)`` of a video file or frame folder, read from headers."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give a video file or a folder of frame images")
+    try:
+        if path.is_dir():
+            files, (width, height) = frame_folder(path)
+            with Image.open(files[0]) as image:
+                bands = 3 if image.mode == "P" else len(image.getbands())
+            return len(files), bands, height, width
+        count = count_frames(path)
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            pix_fmt = stream.codec_context.pix_fmt or ""
+            bands = 1 if pix_fmt.startswith("gray") else 3
+            return count, bands, stream.codec_context.height, stream.codec_context.width
+    except ClipReadError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+def read_clip_steps(path: Path, input_spec: InputSpec, *, resize: bool = False) -> tuple[np.ndarray, int]:
+    """Decode a clip and preprocess it into model steps ``[N, *step]`` float32, as training does.
+
+    A 2D model takes one frame per step; a 3D model consecutive, non-overlapping
+    snippets of L frames (leftover frames at the end are dropped). Frames must already
+    have the model's size and channels unless ``resize`` (shorter side resized,
+    centre crop, colour converted: what ``prernn train``/``evaluate`` do).
+
+    Returns the steps and the clip's frame count.
+
+    Raises:
+        DataError: unreadable clip, frames of the wrong size/channels, a clip shorter than one step.
+    """
+    path = Path(path)
+    count, channels, height, width = probe_clip(path)
+    want_h, want_w = input_spec.size
+    if not resize and (channels, height, width) != (input_spec.channels, want_h, want_w):
+        raise DataError(
+            f"{path} has {channels}×{height}×{width} frames (C×H×W) but the model expects {input_spec.channels}×{want_h}×{want_w}; "
+            "give frames of that size, or pass --resize to resize and centre-crop them"
+        )
+    snippet = input_spec.frames_per_step
+    if count < snippet:
+        raise DataError(f"{path} has {count} frames; one step of this model is a snippet of {snippet}")
+    try:
+        frames, count = read_frames(path)
+    except ClipReadError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    tensor = preprocess(frames, input_spec)  # [N, C, H, W]
+    if snippet > 1:
+        usable = (tensor.shape[0] // snippet) * snippet
+        c, h, w = tensor.shape[1:]
+        tensor = tensor[:usable].view(usable // snippet, snippet, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+    return tensor.numpy(), count
+
+
 # ---------------------------------------------------------------- dataset
 
 
@@ -630,7 +680,7 @@ class ClipDataset(Dataset):
 
     @property
     def snippet(self) -> int:
-        return (self.spec.snippet_length or 16) if self.spec.frame_kind is FrameKind.SNIPPET else 1
+        return self.spec.frames_per_step
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -762,5 +812,5 @@ __all__ = [
     "Task", "Sampling", "Clip", "DataSplits", "Augment", "ClipDataset", "ClipReadError",
     "discover", "read_manifest", "load_targets", "read_frames", "count_frames", "frame_folder", "step_starts",
     "dense_windows", "resize_frames", "to_tensor", "preprocess", "collate", "check_targets", "describe", "parse_flip_pairs",
-    "flip_pairs_from_names",
+    "flip_pairs_from_names", "probe_clip", "read_clip_steps",
 ]

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prernn_cli.checkpoint import load_converted
+from prernn_cli.data import read_clip_steps
 from prernn_cli.errors import (
     ExportError,
     ExportValidationError,
@@ -423,8 +425,6 @@ def load_model_for_export(path: Path) -> nn.Module:
         raise UserInputError(f"{path} is a folder; give a converted model (.safetensors written by `prernn convert`)")
     if not _has_prernn_spec(path):
         raise ExportError(f"{path} is not a converted prernn model; run `prernn convert {path} --layer LAYER -o model.safetensors` first and export that")
-    from prernn_cli.checkpoint import load_converted
-
     return load_converted(path)
 
 
@@ -826,8 +826,6 @@ def default_output(model_path: Path, half: bool = False, steps: int | None = Non
 def _clip_steps(clip: Path | None, model_spec: ModelSpec, resize: bool = False) -> np.ndarray | None:
     if clip is None:
         return None
-    from prernn_cli.stream import read_clip_steps
-
     steps, _ = read_clip_steps(Path(clip), model_spec.input, resize=resize)
     return steps
 

@@ -12,17 +12,18 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 from torch import nn
 
-from prernn_cli.architectures import build_empty_architecture, paper_aliases
+from prernn_cli.architectures import architecture_input, build_empty_architecture, paper_aliases
 from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_checkpoint
-from prernn_cli.errors import PrernnError
-from prernn_cli.spec import InputSpec, ModelSpec
-from prernn_cli.surgery import LayerReport, NetworkReport, analyze_network
+from prernn_cli.errors import ArchitectureError, ConversionError, PrernnError
+from prernn_cli.params import ALL_CELLS, LayerShape, ParamsReport, count_parameters
+from prernn_cli.spec import CellType, InputSpec, ModelSpec
+from prernn_cli.surgery import LayerReport, NetworkReport, analyze_network, resolve_layers
 
-__all__ = ["Inspection", "RecurrentLayerRow", "inspect_checkpoint", "inspect_loaded", "is_weight_layer"]
+__all__ = ["Inspection", "RecurrentLayerRow", "account_checkpoint", "account_layers", "inspect_checkpoint", "inspect_loaded", "is_weight_layer"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,3 +183,77 @@ def inspect_loaded(loaded: LoadedCheckpoint, path: Path | str = "") -> Inspectio
 def inspect_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: bool = False) -> Inspection:
     """Load ``path`` (see :func:`~prernn_cli.checkpoint.load_checkpoint`) and describe it."""
     return inspect_loaded(load_checkpoint(path, arch=arch, trust_pickle=trust_pickle), path)
+
+
+# ---------------------------------------------------------------- parameter accounting of a network (prernn params)
+
+
+def account_layers(
+    model,
+    input_spec,
+    layer_names: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+    cells: Iterable[CellType] = ALL_CELLS,
+    traditional_layers: int = 1,
+    architecture: str | None = None,
+) -> ParamsReport:
+    """Find ``layer_names`` in ``model`` (dotted names or paper aliases) and account them.
+
+    Only shapes matter, so ``model`` may live on the meta device.
+    """
+    network = analyze_network(model, input_spec, aliases)
+    resolved = resolve_layers(network, list(layer_names), dict(aliases or {}))
+    shapes = [LayerShape.from_report(layer, network) for layer in resolved]
+    logger.info("accounting %s (feature size %s)", ", ".join(shape.label for shape in shapes), network.feature_size)
+    base_params = sum(p.numel() for p in model.parameters())
+    output_size = output_layer_params = None
+    if network.output_layer:
+        output_layer = model.get_submodule(network.output_layer)
+        output_size = getattr(output_layer, "out_features", None)
+        output_layer_params = sum(p.numel() for p in output_layer.parameters())
+    return count_parameters(
+        shapes,
+        feature_size=network.feature_size,
+        base_params=base_params,
+        cells=cells,
+        traditional_layers=traditional_layers,
+        architecture=architecture,
+        output_size=output_size,
+        output_layer_params=output_layer_params if output_size is not None else None,
+    )
+
+
+def account_checkpoint(
+    checkpoint: Path | None,
+    layer_names: Sequence[str],
+    arch: str | None = None,
+    cells: Iterable[CellType] = ALL_CELLS,
+    traditional_layers: int = 1,
+    trust_pickle: bool = False,
+) -> ParamsReport:
+    """``prernn params``: account a checkpoint's layers, or an architecture's (random weights, meta device)."""
+    if checkpoint is None:
+        if not arch:
+            raise ArchitectureError("give a CHECKPOINT or --arch NAME (e.g. prernn params --arch vgg16 --layer fc6)")
+        model = build_empty_architecture(arch)  # only shapes matter: meta device, no memory, no slow initialisation
+        input_spec = architecture_input(arch)
+        architecture = arch
+    else:
+        loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        if loaded.spec is not None:
+            base = loaded.spec.base_architecture
+            raise ConversionError(
+                f"{checkpoint} is already a converted prernn model; size its base network instead: "
+                f"prernn params --arch {base} --layer {','.join(layer.name for layer in loaded.spec.layers)}"
+            )
+        model, input_spec, architecture = loaded.model, loaded.input_spec, loaded.architecture
+    aliases = paper_aliases(architecture, model) if architecture else {}
+    return account_layers(
+        model,
+        input_spec,
+        layer_names,
+        aliases,
+        cells=cells,
+        traditional_layers=traditional_layers,
+        architecture=architecture,
+    )

@@ -23,7 +23,7 @@ from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, PreRecurren
 from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params
 from prernn_cli.spec import (
-    CellType, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
+    CellType, Design, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
 )
 from prernn_cli.surgery import NetworkReport, analyze_network, resolve_layers, split_at_features, split_network
 
@@ -260,8 +260,7 @@ def convert(
         base_architecture=base_architecture,
         layers=layer_specs,
         cell=cell,
-        sih=sih,
-        traditional=traditional,
+        design=Design.TRADITIONAL if traditional else Design.SIH if sih else Design.PRERNN,
         head=head,
         outputs=outputs,
         base_num_classes=base_num_classes,

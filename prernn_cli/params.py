@@ -49,9 +49,9 @@ the base network's output layer (``feature_size → K``) is replaced by a new on
 reading ``H'`` features, as ``convert --traditional`` does, so its total also
 changes by ``(H' − feature_size)·K``.
 
-The accounting functions are pure (integers in, integers out); only
-:func:`account_layers` and :func:`account_checkpoint` at the bottom touch torch,
-to find the layers' shapes in a network.
+The accounting functions are pure (integers in, integers out); finding the
+layers' shapes in a network (``prernn params`` on a checkpoint or an architecture)
+is :func:`prernn_cli.inspection.account_checkpoint`.
 """
 
 from __future__ import annotations
@@ -60,16 +60,14 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
-from prernn_cli.errors import ArchitectureError, ConversionError, LayerError
+from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.spec import CellType, Design, LayerKind
 
 logger = logging.getLogger(__name__)
 
 ALL_CELLS: tuple[CellType, ...] = (CellType.VRNN, CellType.LSTM, CellType.GRU)
-ALL_DESIGNS: tuple[Design, ...] = (Design.TRADITIONAL, Design.PRERNN, Design.SIH)
 
 
 # ------------------------------------------------------------------ inputs
@@ -406,86 +404,6 @@ def count_parameters(
         traditional_layers=num_trad,
         cells=tuple(accountings),
         output_size=output_size,
-    )
-
-
-# ------------------------------------------------------------------ from a network (touches torch)
-
-
-def account_layers(
-    model,
-    input_spec,
-    layer_names: Sequence[str],
-    aliases: Mapping[str, str] | None = None,
-    cells: Iterable[CellType] = ALL_CELLS,
-    traditional_layers: int = 1,
-    architecture: str | None = None,
-) -> ParamsReport:
-    """Find ``layer_names`` in ``model`` (dotted names or paper aliases) and account them.
-
-    Only shapes matter, so ``model`` may live on the meta device.
-    """
-    from prernn_cli.surgery import analyze_network, resolve_layers
-
-    network = analyze_network(model, input_spec, aliases)
-    resolved = resolve_layers(network, list(layer_names), dict(aliases or {}))
-    shapes = [LayerShape.from_report(layer, network) for layer in resolved]
-    logger.info("accounting %s (feature size %s)", ", ".join(shape.label for shape in shapes), network.feature_size)
-    base_params = sum(p.numel() for p in model.parameters())
-    output_size = output_layer_params = None
-    if network.output_layer:
-        output_layer = model.get_submodule(network.output_layer)
-        output_size = getattr(output_layer, "out_features", None)
-        output_layer_params = sum(p.numel() for p in output_layer.parameters())
-    return count_parameters(
-        shapes,
-        feature_size=network.feature_size,
-        base_params=base_params,
-        cells=cells,
-        traditional_layers=traditional_layers,
-        architecture=architecture,
-        output_size=output_size,
-        output_layer_params=output_layer_params if output_size is not None else None,
-    )
-
-
-def account_checkpoint(
-    checkpoint: Path | None,
-    layer_names: Sequence[str],
-    arch: str | None = None,
-    cells: Iterable[CellType] = ALL_CELLS,
-    traditional_layers: int = 1,
-    trust_pickle: bool = False,
-) -> ParamsReport:
-    """``prernn params``: account a checkpoint's layers, or an architecture's (random weights, meta device)."""
-    from prernn_cli.architectures import architecture_input, build_empty_architecture, paper_aliases
-
-    if checkpoint is None:
-        if not arch:
-            raise ArchitectureError("give a CHECKPOINT or --arch NAME (e.g. prernn params --arch vgg16 --layer fc6)")
-        model = build_empty_architecture(arch)  # only shapes matter: meta device, no memory, no slow initialisation
-        input_spec = architecture_input(arch)
-        architecture = arch
-    else:
-        from prernn_cli.checkpoint import load_checkpoint
-
-        loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
-        if loaded.spec is not None:
-            base = loaded.spec.base_architecture
-            raise ConversionError(
-                f"{checkpoint} is already a converted prernn model; size its base network instead: "
-                f"prernn params --arch {base} --layer {','.join(layer.name for layer in loaded.spec.layers)}"
-            )
-        model, input_spec, architecture = loaded.model, loaded.input_spec, loaded.architecture
-    aliases = paper_aliases(architecture, model) if architecture else {}
-    return account_layers(
-        model,
-        input_spec,
-        layer_names,
-        aliases,
-        cells=cells,
-        traditional_layers=traditional_layers,
-        architecture=architecture,
     )
 
 

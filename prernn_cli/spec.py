@@ -13,6 +13,7 @@ from enum import Enum
 
 FORMAT_VERSION = 1
 SPEC_METADATA_KEY = "prernn_spec"
+DEFAULT_SNIPPET_LENGTH = 16  # C3D's snippet length, for a 3D input spec that names none
 
 
 class CellType(str, Enum):
@@ -38,6 +39,14 @@ class Design(str, Enum):
     TRADITIONAL = "traditional"
     PRERNN = "prernn"
     SIH = "sih"
+
+
+class Task(str, Enum):
+    """What a model learns (the paper's three objectives)."""
+
+    CLASSIFY = "classify"  # one class per clip, NLL over the sequence
+    REGRESS = "regress"  # K values per frame, l2
+    CTC = "ctc"  # a label sequence per clip, CTC with a blank class
 
 
 class LayerKind(str, Enum):
@@ -81,10 +90,17 @@ class InputSpec:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
+    @property
+    def frames_per_step(self) -> int:
+        """Frames one time step consumes: 1 for an image, L for a snippet (16 when a 3D spec gives none)."""
+        if self.frame_kind is FrameKind.SNIPPET:
+            return self.snippet_length or DEFAULT_SNIPPET_LENGTH
+        return 1
+
     def step_shape(self) -> tuple[int, ...]:
         """Shape of one step for one clip: (C, H, W) or (C, L, H, W)."""
         if self.frame_kind is FrameKind.SNIPPET:
-            return (self.channels, self.snippet_length or 16, *self.size)
+            return (self.channels, self.frames_per_step, *self.size)
         return (self.channels, *self.size)
 
     def to_dict(self) -> dict:
@@ -134,8 +150,7 @@ class ModelSpec:
     base_architecture: str
     layers: tuple[RecurrentLayerSpec, ...]
     cell: CellType
-    sih: bool = False
-    traditional: bool = False
+    design: Design = Design.PRERNN
     head: HeadKind = HeadKind.ORIGINAL
     outputs: int | None = None  # K for a new head
     base_num_classes: int | None = None  # output size of the base network's own head
@@ -146,10 +161,18 @@ class ModelSpec:
     format_version: int = FORMAT_VERSION
 
     @property
-    def design(self) -> Design:
-        if self.traditional:
-            return Design.TRADITIONAL
-        return Design.SIH if self.sih else Design.PRERNN
+    def sih(self) -> bool:
+        """PreRNN-SIH: every gate shares the one pretrained input-to-hidden state."""
+        return self.design is Design.SIH
+
+    @property
+    def traditional(self) -> bool:
+        """The traditional baseline: a new recurrent layer on the untouched backbone."""
+        return self.design is Design.TRADITIONAL
+
+    def __post_init__(self) -> None:
+        if self.design is Design.SIH and self.cell is CellType.VRNN:
+            raise ValueError("a VRNN has one gate, so it has no SIH design")
 
     def with_updates(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
@@ -160,8 +183,8 @@ class ModelSpec:
             "base_architecture": self.base_architecture,
             "layers": [layer.to_dict() for layer in self.layers],
             "cell": self.cell.value,
-            "sih": self.sih,
-            "traditional": self.traditional,
+            "design": self.design.value,
+            "sih": self.sih,  # kept beside the design for readers of SPEC §5
             "head": self.head.value,
             "outputs": self.outputs,
             "base_num_classes": self.base_num_classes,
@@ -183,8 +206,7 @@ class ModelSpec:
             base_architecture=data["base_architecture"],
             layers=tuple(RecurrentLayerSpec.from_dict(layer) for layer in data["layers"]),
             cell=CellType(data["cell"]),
-            sih=bool(data["sih"]),
-            traditional=bool(data["traditional"]),
+            design=_design_from_dict(data),
             head=HeadKind(data["head"]),
             outputs=data.get("outputs"),
             base_num_classes=data.get("base_num_classes"),
@@ -198,3 +220,12 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
         return cls.from_dict(json.loads(text))
+
+
+def _design_from_dict(data: dict) -> Design:
+    """The design a stored spec names; files written before ``design`` existed hold two booleans."""
+    if "design" in data:
+        return Design(data["design"])
+    if data.get("traditional"):
+        return Design.TRADITIONAL
+    return Design.SIH if data.get("sih") else Design.PRERNN

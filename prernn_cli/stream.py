@@ -26,9 +26,10 @@ from typing import Iterator
 
 import numpy as np
 
-from prernn_cli.errors import DataError, PrernnError, UserInputError
+from prernn_cli.data import read_clip_steps
+from prernn_cli.errors import PrernnError, UserInputError
 from prernn_cli.export import OnnxExportSpec, read_export_spec
-from prernn_cli.spec import FrameKind, HeadKind, InputSpec
+from prernn_cli.spec import FrameKind, HeadKind
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ __all__ = [
     "OnnxStreamer",
     "StepPrediction",
     "StreamResult",
-    "probe_clip",
-    "read_clip_steps",
     "stream_clip",
 ]
 
@@ -212,74 +211,6 @@ class OnnxStreamer:
         """Outputs ``[n, K]`` per chunk of T steps, over all ``steps`` ``[N, *step]`` of one stream."""
         for begin in range(0, steps.shape[0], self.spec.steps):
             yield self.run_chunk(steps[begin : begin + self.spec.steps])
-
-
-# ---------------------------------------------------------------- clips
-
-
-def probe_clip(path: Path) -> tuple[int, int, int, int]:
-    """``(frames, channels, height, width)`` of a video file or frame folder, read from headers."""
-    from PIL import Image
-
-    from prernn_cli.data import ClipReadError, count_frames, frame_folder
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist; give a video file or a folder of frame images")
-    try:
-        if path.is_dir():
-            files, (width, height) = frame_folder(path)
-            with Image.open(files[0]) as image:
-                bands = 3 if image.mode == "P" else len(image.getbands())
-            return len(files), bands, height, width
-        count = count_frames(path)
-        import av
-
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            pix_fmt = stream.codec_context.pix_fmt or ""
-            bands = 1 if pix_fmt.startswith("gray") else 3
-            return count, bands, stream.codec_context.height, stream.codec_context.width
-    except ClipReadError as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-
-
-def read_clip_steps(path: Path, input_spec: InputSpec, *, resize: bool = False) -> tuple[np.ndarray, int]:
-    """Decode a clip and preprocess it into model steps ``[N, *step]`` float32, as training does.
-
-    A 2D model takes one frame per step; a 3D model consecutive, non-overlapping
-    snippets of L frames (leftover frames at the end are dropped). Frames must already
-    have the model's size and channels unless ``resize`` (shorter side resized,
-    centre crop, colour converted: what ``prernn train``/``evaluate`` do).
-
-    Returns the steps and the clip's frame count.
-
-    Raises:
-        DataError: unreadable clip, frames of the wrong size/channels, a clip shorter than one step.
-    """
-    from prernn_cli.data import ClipReadError, preprocess, read_frames
-
-    path = Path(path)
-    count, channels, height, width = probe_clip(path)
-    want_h, want_w = input_spec.size
-    if not resize and (channels, height, width) != (input_spec.channels, want_h, want_w):
-        raise DataError(
-            f"{path} has {channels}×{height}×{width} frames (C×H×W) but the model expects {input_spec.channels}×{want_h}×{want_w}; "
-            "give frames of that size, or pass --resize to resize and centre-crop them"
-        )
-    snippet = (input_spec.snippet_length or 16) if input_spec.frame_kind is FrameKind.SNIPPET else 1
-    if count < snippet:
-        raise DataError(f"{path} has {count} frames; one step of this model is a snippet of {snippet}")
-    try:
-        frames, count = read_frames(path)
-    except ClipReadError as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-    tensor = preprocess(frames, input_spec)  # [N, C, H, W]
-    if snippet > 1:
-        usable = (tensor.shape[0] // snippet) * snippet
-        c, h, w = tensor.shape[1:]
-        tensor = tensor[:usable].view(usable // snippet, snippet, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
-    return tensor.numpy(), count
 
 
 # ---------------------------------------------------------------- predictions

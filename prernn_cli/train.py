@@ -44,12 +44,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from prernn_cli.data import Augment, ClipDataset, DataSplits, Sampling, Task, collate, dense_windows, flip_pairs_from_names
+from prernn_cli.data import Augment, ClipDataset, DataSplits, Sampling, collate, dense_windows, flip_pairs_from_names
 from prernn_cli.errors import DataError, TrainingError, UserInputError
-from prernn_cli.evaluate import MAIN_METRIC, Accumulator, ClipPool, ErrorNorm, MetricOptions, autocast_context, report_skips, run_model, task_loss
+from prernn_cli.devices import autocast_context, resolve_device
+from prernn_cli.metrics import MAIN_METRIC, Accumulator, ClipPool, ErrorNorm, MetricOptions, check_model_outputs, report_skips, run_model, task_loss
 from prernn_cli.files import atomic_path
 from prernn_cli.frame_cache import FrameCache
-from prernn_cli.spec import FrameKind, HeadKind
+from prernn_cli.checkpoint import save_converted
+from prernn_cli.spec import ModelSpec, Task
 
 logger = logging.getLogger(__name__)
 
@@ -161,33 +163,6 @@ class TrainResult:
 # ---------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError("--device cuda but no CUDA GPU is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def model_outputs(model: nn.Module) -> int | None:
-    spec = model.spec
-    if spec.head is HeadKind.ORIGINAL and not spec.traditional:
-        return spec.base_num_classes
-    return spec.outputs
-
-
-def check_model_outputs(model: nn.Module, splits: DataSplits) -> None:
-    """The head must have as many outputs as the data has classes (or target values)."""
-    k = model_outputs(model)
-    need = splits.num_outputs
-    if k is not None and k != need:
-        what = {Task.CLASSIFY: f"{need} classes", Task.CTC: f"{need} classes (with the CTC blank)", Task.REGRESS: f"{need} target values per frame"}[splits.task]
-        raise UserInputError(f"the model has {k} outputs but the data has {what}; convert the base model again with `prernn convert ... --num-classes {need}`")
-
-
 def _distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -286,12 +261,6 @@ def _comparable_spec(spec) -> dict:
     return data
 
 
-def _save_model(model: nn.Module, path: Path) -> None:
-    from prernn_cli.checkpoint import save_converted
-
-    save_converted(model, path)
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -377,7 +346,7 @@ def train(
         raise UserInputError("--epochs and --batch-size must be at least 1")
     if not splits.train:
         raise DataError("no training clips; add clips to the train split")
-    check_model_outputs(model, splits)
+    check_model_outputs(model, splits.task, splits.num_outputs)
     if config.task is Task.CTC and config.steps < 2:
         raise UserInputError("--task ctc needs --steps of at least 2")
 
@@ -401,8 +370,6 @@ def train(
 
     state = load_training_state(resume) if resume is not None else None
     if state is not None:
-        from prernn_cli.spec import ModelSpec
-
         saved = ModelSpec.from_json(state["spec"])
         if _comparable_spec(saved) != _comparable_spec(model.spec):
             raise UserInputError(
@@ -433,7 +400,7 @@ def train(
         augment = Augment(translate=config.augment, flip=config.flip or bool(pairs), flip_pairs=pairs)
     skipped: list[tuple[str, str]] = []
     train_clips, val_clips = splits.train, splits.val
-    snippet = (model.spec.input.snippet_length or 16) if model.spec.input.frame_kind is FrameKind.SNIPPET else 1
+    snippet = model.spec.input.frames_per_step
     if config.sampling is Sampling.DENSE:
         train_clips, bad = dense_windows(train_clips, config.steps, snippet)
         val_clips, bad_val = dense_windows(val_clips, config.steps, snippet)
@@ -492,7 +459,7 @@ def train(
         nonlocal last_saved_step
         if not is_main:
             return
-        _save_model(model, Path(files["last"]))
+        save_converted(model, Path(files["last"]))
         payload = {
             "format": STATE_FORMAT,
             "spec": model.spec.to_json(),
@@ -615,7 +582,7 @@ def train(
             if score is not None and (best is None or score > best["score"] or tie_better):
                 best = {"epoch": epoch + 1, "metric": f"{prefix}_{metric}", "score": score, "loss": loss_now}
                 if is_main:
-                    _save_model(model, Path(files["best"]))
+                    save_converted(model, Path(files["best"]))
             epoch += 1
             batch_in_epoch = 0
             save_last(epoch, 0)
@@ -644,5 +611,5 @@ def train(
 
 __all__ = [
     "TrainConfig", "OptimizerKind", "ScheduleKind", "EventKind", "ProgressEvent", "TrainResult",
-    "train", "resolve_device", "check_model_outputs", "load_training_state", "model_outputs",
+    "train", "load_training_state",
 ]

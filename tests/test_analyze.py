@@ -22,7 +22,7 @@ from prernn_cli.analyze import (
 )
 from prernn_cli.cells import PreGRU, PreLSTM
 from prernn_cli.errors import UserInputError
-from prernn_cli.spec import CellType, FrameKind, LayerKind, ModelSpec, RecurrentLayerSpec
+from prernn_cli.spec import CellType, Design, FrameKind, LayerKind, ModelSpec, RecurrentLayerSpec
 
 
 def _spec(cell: CellType, hidden_sizes, traditional=False) -> ModelSpec:
@@ -30,7 +30,7 @@ def _spec(cell: CellType, hidden_sizes, traditional=False) -> ModelSpec:
         RecurrentLayerSpec(name=f"fc{6 + i}", kind=LayerKind.NEW if traditional else LayerKind.FC, hidden_size=h, input_size=8)
         for i, h in enumerate(hidden_sizes)
     )
-    return ModelSpec(base_architecture="digit_vgg", layers=layers, cell=cell, traditional=traditional)
+    return ModelSpec(base_architecture="digit_vgg", layers=layers, cell=cell, design=Design.TRADITIONAL if traditional else Design.PRERNN)
 
 
 class _Recorder:

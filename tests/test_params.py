@@ -10,11 +10,10 @@ from typer.testing import CliRunner
 
 from prernn_cli.cli import app
 from prernn_cli.errors import ConversionError, LayerError
+from prernn_cli.inspection import account_checkpoint, account_layers
 from prernn_cli.params import (
     ALL_CELLS,
     LayerShape,
-    account_checkpoint,
-    account_layers,
     count_parameters,
     match_traditional_hidden_size,
     parse_cells,

@@ -19,7 +19,8 @@ from prernn_cli.errors import DataError, UserInputError
 from prernn_cli.export import OnnxExportSpec, export_onnx
 from prernn_cli.model import convert
 from prernn_cli.spec import CellType
-from prernn_cli.stream import OnnxStreamer, Provider, choose_provider, read_clip_steps, stream_clip
+from prernn_cli.data import read_clip_steps
+from prernn_cli.stream import OnnxStreamer, Provider, choose_provider, stream_clip
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
