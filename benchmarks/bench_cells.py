@@ -1,4 +1,4 @@
-"""Benchmarks for the Pre-cells and converted models (issue 3).
+"""Benchmarks for the Pre-cells and converted models.
 
 1. Pre-layer sequence time (project + recur) vs ``torch.nn.LSTM`` / ``nn.GRU`` of the same sizes
    on the same input ``[B, T, in]``, forward and forward+backward (target ≤ 1.2× on CPU).
@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,8 +35,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prernn_cli.architectures import architecture_input, build_architecture, paper_aliases  # noqa: E402
 from prernn_cli.cells import PreGRU, PreLSTM  # noqa: E402
-from prernn_cli.spec import CellType  # noqa: E402
+from prernn_cli.conversion import convert  # noqa: E402
+from prernn_cli.spec import CellType, InputSpec  # noqa: E402
 
 
 # ---------------------------------------------------------------------- timing
@@ -165,10 +167,6 @@ def _count_flops(fn: Callable[[], object]) -> int:
 
 
 def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
-    from prernn_cli.architectures import architecture_input, build_architecture, paper_aliases
-    from prernn_cli.model import convert
-    from prernn_cli.spec import InputSpec
-
     rows = []
     for arch, size, layers in cases:
         torch.manual_seed(0)
@@ -180,7 +178,7 @@ def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
         frames = torch.randn(batch, steps, *spec.step_shape(), device=device)
         flat = frames.flatten(0, 1)
 
-        def plain():
+        def plain(base=base, flat=flat):  # bound now: the loop rebinds both
             with torch.no_grad():
                 return base(flat)
 
@@ -188,7 +186,7 @@ def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
         for cell, sih in ((CellType.VRNN, False), (CellType.LSTM, False), (CellType.LSTM, True), (CellType.GRU, False), (CellType.GRU, True)):
             model = convert(base, arch, spec, layers, cell, sih=sih, aliases=paper_aliases(arch, base)).to(device).eval()
 
-            def recurrent(model=model):
+            def recurrent(model=model, frames=frames):
                 with torch.no_grad():
                     return model(frames)
 
@@ -209,7 +207,7 @@ import json, resource, sys, warnings
 warnings.simplefilter("ignore")
 import torch
 from prernn_cli.checkpoint import load_checkpoint
-from prernn_cli.model import convert
+from prernn_cli.conversion import convert
 from prernn_cli.architectures import paper_aliases
 from prernn_cli.spec import CellType
 def hwm():

@@ -1,4 +1,4 @@
-"""ONNX export benchmark (issue 5): onnxruntime vs PyTorch eager on the same model and input.
+"""ONNX export benchmark: onnxruntime vs PyTorch eager on the same model and input.
 
 Measures, in one run, for each model:
 
@@ -18,7 +18,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_export.py                 # the three sample nets
     .venv/bin/python benchmarks/bench_export.py --json out.json --repeats 50
 
-Target (issue 5): onnxruntime on CPU at most 0.8× eager latency.
+Target: onnxruntime on CPU at most 0.8× eager latency.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from prernn_cli.architectures import architecture_input, build_architecture  # noqa: E402
+from prernn_cli.conversion import convert  # noqa: E402
 from prernn_cli.export import OnnxExportSpec, export_onnx, flatten_state, unflatten_state  # noqa: E402
-from prernn_cli.model import convert  # noqa: E402
+from prernn_cli.export.runtime import open_session  # noqa: E402
 from prernn_cli.spec import CellType  # noqa: E402
 from prernn_cli.stream import OnnxStreamer, Provider  # noqa: E402
 
@@ -71,23 +72,8 @@ def paired_medians_ms(fns, repeats: int, warmup: int) -> list[float]:
     return [1000.0 * statistics.median(bucket) for bucket in times]
 
 
-def session(path: Path, threads: int, providers: list[str]):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def bench_model(name: str, steps: int, repeats: int, warmup: int, threads: int, folder: Path) -> dict:
-    arch, layers, cell, sih = MODELS[name]
-    torch.manual_seed(0)
-    base = build_architecture(arch)
-    model = convert(base, arch, architecture_input(arch), layers, CellType(cell), sih=sih).eval()
-    row: dict = {"model": name, "steps": steps}
-
+def export_all(model, name: str, steps: int, threads: int, folder: Path, row: dict) -> dict[str, Path]:
+    """The chunk (T steps), step (T = 1) and fp16 chunk exports; their time and size go into ``row``."""
     exported = {}
     for label, kwargs in (("chunk", dict(steps=steps)), ("step", dict(steps=1)), ("chunk_fp16", dict(steps=steps, half=True))):
         start = time.perf_counter()
@@ -96,75 +82,92 @@ def bench_model(name: str, steps: int, repeats: int, warmup: int, threads: int, 
         row[f"size_mb_{label}"] = round(result.size_bytes / 1e6, 3)
         exported[label] = result.path
     row["fp16_size_ratio"] = round(row["size_mb_chunk_fp16"] / row["size_mb_chunk"], 3)
+    return exported
 
-    spec = OnnxExportSpec.create(model.spec, steps=steps)
-    frames = torch.randn(spec.input_shapes(1)["frames"])
+
+def chunk_latency(model, spec: OnnxExportSpec, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, threads: int, row: dict) -> None:
+    """One T-step call from zero state, batch 1: eager vs onnxruntime (fp32, and fp16 on the CPU provider)."""
     state = flatten_state(model.initial_state(1))
-
-    # chunk latency --------------------------------------------------------------
-    cpu = session(exported["chunk"], threads, ["CPUExecutionProvider"])
+    cpu = open_session(exported["chunk"], threads=threads)
     feeds = {"frames": frames.numpy(), **{n: s.numpy() for n, s in zip(spec.state_inputs, state)}}
     with torch.inference_mode():
         row["eager_chunk_ms"], row["ort_chunk_ms"] = paired_medians_ms(
             [lambda: model(frames, unflatten_state(state, model.spec.cell)), lambda: cpu.run(None, feeds)], repeats, warmup
         )
     row["chunk_ratio"] = row["ort_chunk_ms"] / row["eager_chunk_ms"]
-    half = session(exported["chunk_fp16"], threads, ["CPUExecutionProvider"])
+    half = open_session(exported["chunk_fp16"], threads=threads)
     feeds16 = {k: v.astype(np.float16) for k, v in feeds.items()}
     row["ort_fp16_cpu_chunk_ms"] = median_ms(lambda: half.run(None, feeds16), max(3, repeats // 4), 1)
 
-    # per-step streaming latency (per step, over a T-step stream, state carried) -----
-    step_frames = [frames[:, t : t + 1] for t in range(steps)]
-    numpy_steps = frames[0].numpy()
 
-    def eager_stream():
+def eager_stream(model, step_frames: list[torch.Tensor], synchronize: bool = False):
+    """One call per step, state carried, through the PyTorch model."""
+
+    def run():
         carried = None
         for chunk in step_frames:
             _, carried = model(chunk, carried)
+        if synchronize:
+            torch.cuda.synchronize()
 
-    def ort_stream(streamer):
-        def run():
-            streamer.reset()
-            for _ in streamer.run(numpy_steps):
-                pass
+    return run
 
-        return run
 
+def ort_stream(streamer: OnnxStreamer, numpy_steps: np.ndarray):
+    """One call per step, state carried, through the exported step model."""
+
+    def run():
+        streamer.reset()
+        for _ in streamer.run(numpy_steps):
+            pass
+
+    return run
+
+
+def step_latency(model, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, threads: int, row: dict) -> None:
+    """Per step over a T-step stream, state carried: eager vs the step model, with and without IO binding."""
+    steps = frames.shape[1]
+    step_frames = [frames[:, t : t + 1] for t in range(steps)]
     bound = OnnxStreamer(exported["step"], Provider.CPU, io_binding=True, threads=threads)
     plain = OnnxStreamer(exported["step"], Provider.CPU, io_binding=False, threads=threads)
+    contenders = [eager_stream(model, step_frames), ort_stream(bound, frames[0].numpy()), ort_stream(plain, frames[0].numpy())]
     with torch.inference_mode():
-        medians = paired_medians_ms([eager_stream, ort_stream(bound), ort_stream(plain)], repeats, warmup)
+        medians = paired_medians_ms(contenders, repeats, warmup)
     row["eager_step_ms"], row["ort_step_ms"], row["ort_step_ms_nobind"] = (m / steps for m in medians)
     row["step_ratio"] = row["ort_step_ms"] / row["eager_step_ms"]
 
-    # GPU, when one is really usable ------------------------------------------------
-    if torch.cuda.is_available():
-        import onnxruntime as ort
 
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            gpu_model = model.cuda()
-            gpu_frames = frames.cuda()
-            gpu_steps = [f.cuda() for f in step_frames]
+def gpu_latency(model, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, row: dict) -> None:
+    """The CUDA provider and eager CUDA, when a GPU is really usable (the model is moved there and back)."""
+    import onnxruntime as ort
 
-            def eager_gpu_stream():
-                carried = None
-                for chunk in gpu_steps:
-                    _, carried = gpu_model(chunk, carried)
-                torch.cuda.synchronize()
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        return
+    steps = frames.shape[1]
+    gpu_model = model.cuda()
+    gpu_frames = frames.cuda()
+    gpu_steps = [gpu_frames[:, t : t + 1] for t in range(steps)]
+    with torch.inference_mode():
+        row["cuda_eager_chunk_ms"] = median_ms(lambda: (gpu_model(gpu_frames), torch.cuda.synchronize()), repeats, warmup)
+        row["cuda_eager_step_ms"] = median_ms(eager_stream(gpu_model, gpu_steps, synchronize=True), repeats, warmup) / steps
+    for binding in (True, False):
+        streamer = OnnxStreamer(exported["step"], Provider.CUDA, io_binding=binding)
+        row[f"cuda_ort_step_ms{'' if binding else '_nobind'}"] = median_ms(ort_stream(streamer, frames[0].numpy()), repeats, warmup) / steps
+    model.cpu()
 
-            with torch.inference_mode():
-                row["cuda_eager_chunk_ms"] = median_ms(lambda: (gpu_model(gpu_frames), torch.cuda.synchronize()), repeats, warmup)
-                row["cuda_eager_step_ms"] = median_ms(eager_gpu_stream, repeats, warmup) / steps
-            for binding in (True, False):
-                streamer = OnnxStreamer(exported["step"], Provider.CUDA, io_binding=binding)
 
-                def ort_gpu_stream():
-                    streamer.reset()
-                    for _ in streamer.run(numpy_steps):
-                        pass
-
-                row[f"cuda_ort_step_ms{'' if binding else '_nobind'}"] = median_ms(ort_gpu_stream, repeats, warmup) / steps
-            model.cpu()
+def bench_model(name: str, steps: int, repeats: int, warmup: int, threads: int, folder: Path) -> dict:
+    arch, layers, cell, sih = MODELS[name]
+    torch.manual_seed(0)
+    base = build_architecture(arch)
+    model = convert(base, arch, architecture_input(arch), layers, CellType(cell), sih=sih).eval()
+    row: dict = {"model": name, "steps": steps}
+    exported = export_all(model, name, steps, threads, folder, row)
+    spec = OnnxExportSpec.create(model.spec, steps=steps)
+    frames = torch.randn(spec.input_shapes(1)["frames"])
+    chunk_latency(model, spec, exported, frames, repeats, warmup, threads, row)
+    step_latency(model, exported, frames, repeats, warmup, threads, row)
+    gpu_latency(model, exported, frames, repeats, warmup, row)
     return row
 
 

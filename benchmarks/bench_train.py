@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prernn_cli.architectures import architecture_input, build_architecture  # noqa: E402
+from prernn_cli.conversion import convert  # noqa: E402
 from prernn_cli.data import ClipDataset, Sampling, Task, collate, discover  # noqa: E402
 from prernn_cli.metrics import task_loss  # noqa: E402
-from prernn_cli.model import convert  # noqa: E402
 from prernn_cli.spec import CellType, HeadKind  # noqa: E402
 from prernn_cli.train import TrainConfig, train  # noqa: E402
 

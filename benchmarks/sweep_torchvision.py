@@ -2,7 +2,7 @@
 
 For every name in ``torchvision.models.list_models()``: classification and video models are
 built with random weights, run at the smallest input they accept (tried from small to
-large), analysed with :func:`prernn_cli.surgery.analyze_network`; then each of the last
+large), analysed with :func:`prernn_cli.surgery.network_report`; then each of the last
 ``--max-layers`` convertible layers is converted with LSTM and GRU, gate-dependent and SIH,
 and run forward on ``[1, 2, C, (L,) H, W]``; outputs must be ``[1, 2, num_classes]``.
 Detection / segmentation / optical-flow / quantized models are listed as skipped, with why.
@@ -25,13 +25,20 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
+from torchvision import models
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from prernn_cli.architectures import architecture_input, build_architecture  # noqa: E402
+from prernn_cli.conversion import convert  # noqa: E402
+from prernn_cli.spec import CellType, FrameKind, InputSpec  # noqa: E402
+from prernn_cli.surgery import network_report  # noqa: E402
 
 DESIGNS = (("lstm", False), ("lstm", True), ("gru", False), ("gru", True))
 IMAGE_SIZES = (32, 64, 96, 128, 160, 224, 299)
@@ -40,8 +47,6 @@ SNIPPET_SHAPES = ((4, 32), (8, 32), (4, 64), (8, 64), (16, 112))  # (L, size)
 
 def model_families() -> dict[str, Optional[str]]:
     """Every torchvision model name → None (swept) or the reason it is skipped."""
-    from torchvision import models
-
     swept = set(models.list_models(module=models)) | set(models.list_models(module=models.video))
     skipped = {}
     for module, what in ((models.detection, "detection"), (models.segmentation, "segmentation"),
@@ -56,9 +61,6 @@ def model_families() -> dict[str, Optional[str]]:
 
 def smallest_input(name: str, model: torch.nn.Module):
     """The smallest InputSpec (from the architecture's default) whose forward runs."""
-    from prernn_cli.architectures import architecture_input
-    from prernn_cli.spec import FrameKind, InputSpec
-
     default = architecture_input(name)
     if default.frame_kind is FrameKind.SNIPPET:
         candidates = [(length, size) for length, size in SNIPPET_SHAPES]
@@ -80,11 +82,6 @@ def smallest_input(name: str, model: torch.nn.Module):
 
 def sweep_one(name: str, max_layers: int) -> dict:
     """Analyse and convert one model; every failure is recorded, never raised."""
-    from prernn_cli.architectures import build_architecture
-    from prernn_cli.model import convert
-    from prernn_cli.spec import CellType
-    from prernn_cli.surgery import analyze_network
-
     record: dict = {"model": name, "status": "ok", "layers": [], "not_convertible": {}}
     start = time.perf_counter()
     try:
@@ -96,7 +93,7 @@ def sweep_one(name: str, max_layers: int) -> dict:
         record["input"] = list(spec.step_shape())
         with torch.no_grad():
             num_classes = model(torch.randn(1, *spec.step_shape())).shape[-1]
-        report = analyze_network(model, spec)
+        report = network_report(model, spec)
         record["traced"] = report.traced
         if not report.traced:
             record["trace_error"] = report.trace_error

@@ -1,24 +1,35 @@
-"""``prernn convert``: load a checkpoint, convert layers (or build the traditional baseline), save, summarise."""
+"""Turn a pretrained network into a recurrent model: :func:`convert` in Python, :func:`convert_checkpoint` for ``prernn convert``.
+
+:func:`convert` resolves the layers to convert, writes the
+:class:`~prernn_cli.spec.ModelSpec` of the chosen design (PreRNN, PreRNN-SIH or
+the traditional baseline) and builds it with
+:func:`~prernn_cli.model.build_recurrent_model`. :func:`convert_checkpoint` loads a
+checkpoint, converts it, saves our safetensors format and summarises what it did.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
+from torch import nn
 
 from prernn_cli.architectures import paper_aliases
-from prernn_cli.checkpoint import CheckpointFormat, load_checkpoint, save_converted
-from prernn_cli.errors import ConversionError
+from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_checkpoint, save_converted
+from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.files import check_writable_output
-from prernn_cli.model import RecurrentModel, convert
-from prernn_cli.params import LayerShape, table3_ratio
-from prernn_cli.spec import CellType, Design, HeadKind, InitScheme
-from prernn_cli.surgery import analyze_network
+from prernn_cli.model import RecurrentModel, build_recurrent_model
+from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params, table3_ratio
+from prernn_cli.spec import CellType, Design, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec
+from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
 
 log = logging.getLogger(__name__)
+
+TRADITIONAL_ACTIVATION = "tanh"  # torch.nn.RNN's default, for a TraVRNN
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class ConversionResult:
     head: HeadKind
     outputs: Optional[int]
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {
             "output": str(self.output),
             "architecture": self.architecture,
@@ -67,6 +78,161 @@ def _count(model: RecurrentModel) -> tuple[int, int, int]:
     return total - new, new, total
 
 
+# ---------------------------------------------------------------------- a network in memory
+def _check_design(
+    cell: CellType, head: HeadKind, sih: bool, traditional: bool, outputs: Optional[int], hidden_size: Optional[int]
+) -> None:
+    """Raise ConversionError for a combination of options that names no design."""
+    if sih and cell is CellType.VRNN:
+        raise ConversionError("SIH needs several gates sharing one input-to-hidden state, and a VRNN has one gate; use --cell lstm or gru, or drop --sih")
+    if sih and traditional:
+        raise ConversionError("--sih and --traditional exclude each other: SIH shares a pretrained layer between gates, the traditional design has none")
+    if head is not HeadKind.ORIGINAL and (outputs is None or outputs < 1):
+        raise ConversionError(f"a new head needs a positive number of outputs, got {outputs}; pass e.g. --num-classes 10")
+    if hidden_size is not None and hidden_size < 1:
+        raise ConversionError(f"--hidden-size must be positive, got {hidden_size}")
+    if hidden_size is not None and not traditional:
+        raise ConversionError("--hidden-size is only for --traditional: a converted layer keeps its pretrained size")
+
+
+def _base_num_classes(base: nn.Module, report: NetworkReport) -> Optional[int]:
+    """The number of outputs of the base network's output layer, if it has one."""
+    base_output = base.get_submodule(report.output_layer) if report.output_layer else None
+    return getattr(base_output, "out_features", None) or getattr(base_output, "out_channels", None)
+
+
+def _converted_layer_specs(resolved: Sequence[LayerReport]) -> tuple[RecurrentLayerSpec, ...]:
+    """One recurrent layer per converted layer, with the pretrained layer's sizes and activation."""
+    return tuple(
+        RecurrentLayerSpec(
+            name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size,
+            activation=layer.activation or "identity",
+        )
+        for layer in resolved
+    )
+
+
+def _traditional_layer_spec(
+    report: NetworkReport, resolved: Sequence[LayerReport], cell: CellType, hidden_size: Optional[int]
+) -> RecurrentLayerSpec:
+    """The one new layer on the feature vector, sized to PreRNN's recurrent parameters for ``resolved``."""
+    if report.feature_size is None:
+        raise LayerError("the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it")
+    target = sum(prernn_params(LayerShape.from_report(layer, report), cell) for layer in resolved)
+    size = hidden_size or match_traditional_hidden_size(target, report.feature_size, cell)
+    log.info("traditional %s: hidden size %d matched to PreRNN's %d recurrent parameters", cell.value, size, target)
+    return RecurrentLayerSpec(
+        name=report.output_layer, kind=LayerKind.NEW, hidden_size=size, input_size=report.feature_size,
+        activation=TRADITIONAL_ACTIVATION,
+    )
+
+
+def convert(
+    base: nn.Module,
+    base_architecture: str,
+    input_spec: InputSpec,
+    layers: Sequence[str],
+    cell: CellType,
+    *,
+    sih: bool = False,
+    traditional: bool = False,
+    head: HeadKind = HeadKind.ORIGINAL,
+    outputs: Optional[int] = None,
+    init_hh: InitScheme = InitScheme.UNIFORM,
+    aliases: Optional[dict[str, str]] = None,
+    hidden_size: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+    report: Optional[NetworkReport] = None,
+) -> RecurrentModel:
+    """Convert pretrained ``layers`` of ``base`` into recurrent layers (or build the traditional baseline).
+
+    ``traditional=True`` keeps the backbone untouched and puts one new recurrent
+    layer on its feature vector (the input of the output layer), with a hidden
+    size matched to the recurrent parameter count PreRNN would have for
+    ``layers`` (or ``hidden_size`` when given), then a new head. ``report``, from
+    :func:`~prernn_cli.surgery.network_report` on ``base`` with ``aliases``, saves tracing it again.
+    """
+    cell, head = CellType(cell), HeadKind(head)
+    _check_design(cell, head, sih, traditional, outputs, hidden_size)
+    if report is None:
+        report = network_report(base, input_spec, aliases)
+    if not report.traced:
+        raise LayerError(f"cannot convert: {report.trace_error}")
+    resolved = resolve_layers(report, layers, aliases)
+    base_num_classes = _base_num_classes(base, report)
+    if traditional:
+        layer_specs = (_traditional_layer_spec(report, resolved, cell, hidden_size),)
+        if head is HeadKind.ORIGINAL:
+            head, outputs = HeadKind.CLASSIFY, base_num_classes
+    else:
+        layer_specs = _converted_layer_specs(resolved)
+    spec = ModelSpec(
+        base_architecture=base_architecture,
+        layers=layer_specs,
+        cell=cell,
+        design=Design.TRADITIONAL if traditional else Design.SIH if sih else Design.PRERNN,
+        head=head,
+        outputs=outputs,
+        base_num_classes=base_num_classes,
+        input=input_spec,
+        init_hh=InitScheme(init_hh),
+        class_names=tuple(class_names) if class_names else None,
+    )
+    return build_recurrent_model(base, spec, report)
+
+
+# ---------------------------------------------------------------------- a checkpoint on disk
+def _head_choice(num_classes: Optional[int], outputs: Optional[int]) -> tuple[HeadKind, Optional[int]]:
+    """The head ``--num-classes`` / ``--outputs`` ask for, and its size (the original head when neither)."""
+    if num_classes is not None and outputs is not None:
+        raise ConversionError("--num-classes and --outputs exclude each other: a head classifies or regresses; give one")
+    head, head_size = HeadKind.ORIGINAL, None
+    if num_classes is not None:
+        head, head_size = HeadKind.CLASSIFY, num_classes
+    elif outputs is not None:
+        head, head_size = HeadKind.REGRESS, outputs
+    if head_size is not None and head_size < 1:
+        flag = "--num-classes" if head is HeadKind.CLASSIFY else "--outputs"
+        raise ConversionError(f"{flag} must be at least 1, got {head_size}")
+    return head, head_size
+
+
+def _load_base(checkpoint: Path, arch: Optional[str], trust_pickle: bool) -> LoadedCheckpoint:
+    """Load the pretrained network to convert; raise for a converted model or an unknown architecture."""
+    loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    if loaded.format is CheckpointFormat.PRERNN:
+        raise ConversionError(f"{checkpoint} is already a converted prernn model; convert the original checkpoint instead")
+    if loaded.architecture is None:
+        raise ConversionError(
+            f"{checkpoint} is a {loaded.format.value} whose architecture is unknown, so a converted model could not be "
+            "rebuilt from its spec; save a state_dict and pass --arch NAME (or package.module:callable)"
+        )
+    return loaded
+
+
+def _summarise(
+    output: Path, loaded: LoadedCheckpoint, model: RecurrentModel, report: NetworkReport, resolved: Sequence[LayerReport]
+) -> ConversionResult:
+    """What was converted, as the CLI shows it: layers, sizes, parameter counts, Table 3's ratio."""
+    shapes = [LayerShape.from_report(layer, report) for layer in resolved]
+    pretrained, new, total = _count(model)
+    return ConversionResult(
+        output=output,
+        architecture=loaded.architecture,
+        identified=loaded.identified,
+        design=model.spec.design,
+        cell=model.spec.cell,
+        layers=tuple(layer.label for layer in resolved),
+        hidden_sizes=tuple(layer.hidden_size for layer in model.spec.layers),
+        pretrained_params=pretrained,
+        new_params=new,
+        total_params=total,
+        table3_ratio=table3_ratio(shapes, model.spec.cell),
+        head=model.spec.head,
+        outputs=model.spec.outputs,
+    )
+
+
 def convert_checkpoint(
     checkpoint: Path,
     layers: Sequence[str],
@@ -88,27 +254,11 @@ def convert_checkpoint(
     The new weights are drawn from a generator seeded with ``seed``: the same command writes the same file.
     """
     output = check_writable_output(Path(output))
-    if num_classes is not None and outputs is not None:
-        raise ConversionError("--num-classes and --outputs exclude each other: a head classifies or regresses; give one")
-    head, head_size = HeadKind.ORIGINAL, None
-    if num_classes is not None:
-        head, head_size = HeadKind.CLASSIFY, num_classes
-    elif outputs is not None:
-        head, head_size = HeadKind.REGRESS, outputs
-    if head_size is not None and head_size < 1:
-        flag = "--num-classes" if head is HeadKind.CLASSIFY else "--outputs"
-        raise ConversionError(f"{flag} must be at least 1, got {head_size}")
-    loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    if loaded.format is CheckpointFormat.PRERNN:
-        raise ConversionError(f"{checkpoint} is already a converted prernn model; convert the original checkpoint instead")
-    if loaded.architecture is None:
-        raise ConversionError(
-            f"{checkpoint} is a {loaded.format.value} whose architecture is unknown, so a converted model could not be "
-            "rebuilt from its spec; save a state_dict and pass --arch NAME (or package.module:callable)"
-        )
+    head, head_size = _head_choice(num_classes, outputs)
+    loaded = _load_base(checkpoint, arch, trust_pickle)
     base = loaded.model.eval()
     aliases = paper_aliases(loaded.architecture, base)
-    report = analyze_network(base, loaded.input_spec, aliases)
+    report = network_report(base, loaded.input_spec, aliases)
     with torch.random.fork_rng(devices=[]):  # seeded new weights, the caller's RNG state untouched
         torch.manual_seed(seed)
         model = convert(
@@ -117,20 +267,4 @@ def convert_checkpoint(
         )
     save_converted(model, output)
     resolved = [report.get(aliases.get(name, name)) for name in layers]
-    shapes = [LayerShape.from_report(layer, report) for layer in resolved]
-    pretrained, new, total = _count(model)
-    return ConversionResult(
-        output=output,
-        architecture=loaded.architecture,
-        identified=loaded.identified,
-        design=model.spec.design,
-        cell=model.spec.cell,
-        layers=tuple(layer.label for layer in resolved),
-        hidden_sizes=tuple(layer.hidden_size for layer in model.spec.layers),
-        pretrained_params=pretrained,
-        new_params=new,
-        total_params=total,
-        table3_ratio=table3_ratio(shapes, model.spec.cell),
-        head=model.spec.head,
-        outputs=model.spec.outputs,
-    )
+    return _summarise(output, loaded, model, report, resolved)

@@ -2,7 +2,7 @@
 
 :func:`inspect_checkpoint` loads a checkpoint and returns an :class:`Inspection`:
 its format, architecture, parameter counts, expected input, every module with
-its convertibility (from :func:`prernn_cli.surgery.analyze_network`) and paper
+its convertibility (from :func:`prernn_cli.surgery.network_report`) and paper
 aliases, and — for a model prernn converted — its recurrent structure.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Optional
 
 from torch import nn
 
@@ -21,7 +22,7 @@ from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_check
 from prernn_cli.errors import ArchitectureError, ConversionError, PrernnError
 from prernn_cli.params import ALL_CELLS, LayerShape, ParamsReport, count_parameters
 from prernn_cli.spec import CellType, InputSpec, ModelSpec
-from prernn_cli.surgery import LayerReport, NetworkReport, analyze_network, resolve_layers
+from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
 
 __all__ = ["Inspection", "RecurrentLayerRow", "account_checkpoint", "account_layers", "inspect_checkpoint", "inspect_loaded", "is_weight_layer"]
 
@@ -48,7 +49,7 @@ class RecurrentLayerRow:
     activation: str
     params: int
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
@@ -92,7 +93,7 @@ class Inspection:
         common = "; ".join(f"{count}× {reason}" for reason, count in reasons.most_common(2))
         return f"none of its {len(weight_layers)} fc/conv layers qualifies ({common})"
 
-    def to_json(self, show_all: bool = False) -> dict:
+    def to_dict(self, show_all: bool = False) -> dict:
         network = self.network
         return {
             "path": self.path,
@@ -109,9 +110,9 @@ class Inspection:
             "feature_size": network.feature_size if network is not None else None,
             "convertible": [layer.name for layer in self.convertible()],
             "no_convertible_reason": self.why_none_convertible(),
-            "layers": [layer.to_json() for layer in self.rows(show_all)],
+            "layers": [layer.to_dict() for layer in self.rows(show_all)],
             "converted": self.spec.to_dict() if self.spec is not None else None,
-            "recurrent_layers": [row.to_json() for row in self.recurrent],
+            "recurrent_layers": [row.to_dict() for row in self.recurrent],
         }
 
 
@@ -135,7 +136,7 @@ def _base_aliases(spec: ModelSpec) -> dict[str, str]:
 
 def _recurrent_rows(model: nn.Module, spec: ModelSpec, aliases: dict[str, str]) -> tuple[RecurrentLayerRow, ...]:
     layers = getattr(model, "recurrent_layers", None)
-    by_name = {name: alias for alias, name in aliases.items()}  # as analyze_network: a name's last alias wins
+    by_name = {name: alias for alias, name in aliases.items()}  # as network_report: a name's last alias wins
     rows = []
     for index, layer_spec in enumerate(spec.layers):
         params = sum(p.numel() for p in layers[index].parameters()) if layers is not None and index < len(layers) else 0
@@ -157,7 +158,7 @@ def inspect_loaded(loaded: LoadedCheckpoint, path: Path | str = "") -> Inspectio
         recurrent = _recurrent_rows(loaded.model, loaded.spec, base_aliases)
     else:
         base_aliases = paper_aliases(loaded.architecture, loaded.model)
-        network = analyze_network(loaded.model, loaded.input_spec, base_aliases)
+        network = network_report(loaded.model, loaded.input_spec, base_aliases)
         recurrent = ()
     num_classes = loaded.num_classes
     if num_classes is None and network is not None and network.output_layer:
@@ -189,8 +190,8 @@ def inspect_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickl
 
 
 def account_layers(
-    model,
-    input_spec,
+    model: nn.Module,
+    input_spec: InputSpec,
     layer_names: Sequence[str],
     aliases: Mapping[str, str] | None = None,
     cells: Iterable[CellType] = ALL_CELLS,
@@ -201,7 +202,7 @@ def account_layers(
 
     Only shapes matter, so ``model`` may live on the meta device.
     """
-    network = analyze_network(model, input_spec, aliases)
+    network = network_report(model, input_spec, aliases)
     resolved = resolve_layers(network, list(layer_names), dict(aliases or {}))
     shapes = [LayerShape.from_report(layer, network) for layer in resolved]
     logger.info("accounting %s (feature size %s)", ", ".join(shape.label for shape in shapes), network.feature_size)

@@ -2,17 +2,13 @@
 
 A recurrent layer's time loop multiplies a small batch of hidden states by its
 hidden-to-hidden weights, step after step. ATen's CPU ``addmm`` goes to MKL. On
-some CPUs MKL's small-batch sgemm is several times slower than oneDNN's. Take the
-AMD EPYC this project is developed on, with ``[8, H] @ [H, 4H]``, 2 threads:
+some CPUs MKL's small-batch sgemm is several times slower than oneDNN's for big
+weights, while for small weights oneDNN's higher fixed cost per call makes it
+the slower one. Where the two cross over depends on the machine; the thresholds
+below (:data:`ONEDNN_MIN_ELEMENTS`, the ``PACK_*`` and ``FUSED_RNN_*`` constants)
+were measured with ``benchmarks/bench_cells.py`` on the development machine.
 
-* H = 4096: MKL about 40 ms, oneDNN 13 ms, oneDNN with the weight packed 10 ms.
-* H = 128: MKL 16 µs, oneDNN 23–29 µs. oneDNN's fixed cost per call is about
-  14 µs, against MKL's 5 µs.
-* A whole SIH LSTM layer, B = 8, T = 16: at H = 256 MKL is as fast or faster
-  (1.9 ms, oneDNN 2.0–2.1 ms); at H = 512 oneDNN wins (3.9 ms, MKL 5.0 ms); at
-  H = 1024 it takes 12.6 ms against MKL's 28.7 ms.
-
-:class:`WeightProduct` picks the kernel per weight from these measurements:
+:class:`WeightProduct` picks the kernel per weight from these thresholds:
 
 * oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor
   emits for CPU linears) for weights of at least 2^19 elements, with the weight
@@ -38,16 +34,18 @@ may run as torch's own sequence op (:func:`torch.lstm`, :func:`torch.rnn_relu`,
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-# Measured crossover (module docstring): oneDNN beats MKL from 2^19 weight elements.
+# Thresholds measured with benchmarks/bench_cells.py on the development machine (module docstring).
+# oneDNN beats MKL from this many weight elements on.
 ONEDNN_MIN_ELEMENTS = 1 << 19
-# Reordering a weight into oneDNN's blocked layout costs as much as 8–40 products
+# Reordering a weight into oneDNN's blocked layout costs as much as several products
 # (more for bigger weights). It pays for long sequences.
 PACK_MIN_USES = 16
 PACK_MAX_ELEMENTS = 1 << 22
@@ -63,9 +61,9 @@ _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)  # not fake, functional or ot
 def _onednn_linear_available() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
-    try:
-        torch.ops.mkldnn._linear_pointwise.default
-        torch.ops.mkldnn._reorder_linear_weight.default
+    try:  # looking an op up raises when this build of torch lacks it
+        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018
+        torch.ops.mkldnn._reorder_linear_weight.default  # noqa: B018
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -91,12 +89,12 @@ def onednn_usable(*tensors: Tensor) -> bool:
 def fused_rnn_usable(weight_hh: Tensor, *tensors: Tensor) -> bool:
     """Whether torch's fused CPU sequence op (:func:`torch.lstm`, ...) should run a layer with this ``W_h·``, here and now.
 
-    Only for small layers: the fused op pays no per-step dispatch cost, but from
-    2^20 ``W_h·`` elements our own loop with oneDNN products is faster on the
-    machines measured (LSTM 4096→4096, B=8, T=16: fused 557 ms, own loop 306 ms;
-    1024→512 training: fused 27 ms, own loop 18 ms). It has its own derivative, so
-    training may use it too. CUDA is left to the layer's own loop: cuDNN wants its
-    weights in one flat buffer, which a Pre-layer's parameters are not.
+    Only for small layers: the fused op pays no per-step dispatch cost, but above
+    :data:`FUSED_RNN_MAX_ELEMENTS` ``W_h·`` elements (:data:`FUSED_RNN_MAX_ELEMENTS_TRAINING`
+    when training) our own loop with oneDNN products was faster, measured with
+    ``benchmarks/bench_cells.py`` on the development machine. It has its own
+    derivative, so training may use it too. CUDA is left to the layer's own loop:
+    cuDNN wants its weights in one flat buffer, which a Pre-layer's parameters are not.
     """
     elements = weight_hh.numel()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (weight_hh, *tensors))

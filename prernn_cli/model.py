@@ -1,9 +1,10 @@
 """The sequence model: trunk per frame (batched over B·T) → recurrent layer(s) → head.
 
-:func:`convert` turns a pretrained network into a :class:`RecurrentModel`
-(PreRNN, PreRNN-SIH, or the traditional baseline); :func:`build_recurrent_model`
-rebuilds the same structure from a :class:`~prernn_cli.spec.ModelSpec`, which is
-how a saved model is loaded without unpickling anything.
+:func:`build_recurrent_model` builds a :class:`RecurrentModel` (PreRNN,
+PreRNN-SIH, or the traditional baseline) on a pretrained network from a
+:class:`~prernn_cli.spec.ModelSpec`: :func:`~prernn_cli.conversion.convert` makes
+the spec from the user's choices, and a saved model is loaded through the same
+function without unpickling anything.
 
 Everything that does not depend on the recurrent state runs on all ``B·T``
 frames at once: the trunk, every layer's input-to-hidden projection, the
@@ -13,23 +14,15 @@ products run step by step (see :mod:`prernn_cli.cells`).
 
 from __future__ import annotations
 
-import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
-import torch
 from torch import Tensor, fx, nn
 
-from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, PreRecurrentLayer, recurrent_layer_class
-from prernn_cli.errors import ConversionError, LayerError
-from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params
-from prernn_cli.spec import (
-    CellType, Design, FrameKind, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec,
-)
-from prernn_cli.surgery import NetworkReport, analyze_network, resolve_layers, split_at_features, split_network
-
-log = logging.getLogger(__name__)
-
-TRADITIONAL_ACTIVATION = "tanh"  # torch.nn.RNN's default, for a TraVRNN
+from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, RecurrentLayer, recurrent_layer_class
+from prernn_cli.errors import ConversionError
+from prernn_cli.spec import FrameKind, HeadKind, LayerKind, ModelSpec
+from prernn_cli.surgery import NetworkReport, split_at_features, split_network
 
 
 class RecurrentModel(nn.Module):
@@ -44,7 +37,7 @@ class RecurrentModel(nn.Module):
         self,
         spec: ModelSpec,
         trunk: nn.Module,
-        layers: Sequence[PreRecurrentLayer],
+        layers: Sequence[RecurrentLayer],
         between: Sequence[nn.Module],
         between_shapes: Sequence[tuple[int, ...]],
         head: nn.Module,
@@ -136,15 +129,10 @@ def _replace_output_layer(head: nn.Module, outputs: int) -> tuple[nn.Module, str
     return head, target
 
 
-def _output_size(head: nn.Module) -> Optional[int]:
-    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
 def build_recurrent_model(base: nn.Module, spec: ModelSpec, report: Optional[NetworkReport] = None) -> RecurrentModel:
     """Build the converted structure of ``spec`` on ``base``, copying its pretrained weights.
 
-    ``report`` (from :func:`~prernn_cli.surgery.analyze_network` on ``base``) saves tracing it again.
+    ``report`` (from :func:`~prernn_cli.surgery.network_report` on ``base``) saves tracing it again.
     """
     cls = recurrent_layer_class(spec.cell)
     new_head = spec.head is not HeadKind.ORIGINAL
@@ -185,87 +173,7 @@ def build_recurrent_model(base: nn.Module, spec: ModelSpec, report: Optional[Net
         new_modules.append(f"head.{replaced}")
     return RecurrentModel(
         spec, split.trunk, layers,
-        [segment.module for segment in split.between], [segment.input_shape for segment in split.between],
+        [part.module for part in split.between], [part.input_shape for part in split.between],
         head, split.head.input_shape, new_modules=new_modules,
     )
 
-
-def convert(
-    base: nn.Module,
-    base_architecture: str,
-    input_spec: InputSpec,
-    layers: Sequence[str],
-    cell: CellType,
-    *,
-    sih: bool = False,
-    traditional: bool = False,
-    head: HeadKind = HeadKind.ORIGINAL,
-    outputs: Optional[int] = None,
-    init_hh: InitScheme = InitScheme.UNIFORM,
-    aliases: Optional[dict[str, str]] = None,
-    hidden_size: Optional[int] = None,
-    class_names: Optional[Sequence[str]] = None,
-    report: Optional[NetworkReport] = None,
-) -> RecurrentModel:
-    """Convert pretrained ``layers`` of ``base`` into recurrent layers (or build the traditional baseline).
-
-    ``traditional=True`` keeps the backbone untouched and puts one new recurrent
-    layer on its feature vector (the input of the output layer), with a hidden
-    size matched to the recurrent parameter count PreRNN would have for
-    ``layers`` (or ``hidden_size`` when given), then a new head. ``report``, from
-    :func:`~prernn_cli.surgery.analyze_network` on ``base`` with ``aliases``, saves tracing it again.
-    """
-    cell = CellType(cell)
-    head = HeadKind(head)
-    if sih and cell is CellType.VRNN:
-        raise ConversionError("SIH needs several gates sharing one input-to-hidden state, and a VRNN has one gate; use --cell lstm or gru, or drop --sih")
-    if sih and traditional:
-        raise ConversionError("--sih and --traditional exclude each other: SIH shares a pretrained layer between gates, the traditional design has none")
-    if head is not HeadKind.ORIGINAL and (outputs is None or outputs < 1):
-        raise ConversionError(f"a new head needs a positive number of outputs, got {outputs}; pass e.g. --num-classes 10")
-    if hidden_size is not None and hidden_size < 1:
-        raise ConversionError(f"--hidden-size must be positive, got {hidden_size}")
-    if hidden_size is not None and not traditional:
-        raise ConversionError("--hidden-size is only for --traditional: a converted layer keeps its pretrained size")
-    if report is None:
-        report = analyze_network(base, input_spec, aliases)
-    if not report.traced:
-        raise LayerError(f"cannot convert: {report.trace_error}")
-    resolved = resolve_layers(report, layers, aliases)
-    base_output = base.get_submodule(report.output_layer) if report.output_layer else None
-    base_num_classes = getattr(base_output, "out_features", None) or getattr(base_output, "out_channels", None)
-    if traditional:
-        if report.feature_size is None:
-            raise LayerError("the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it")
-        target = sum(prernn_params(LayerShape.from_report(layer, report), cell) for layer in resolved)
-        size = hidden_size or match_traditional_hidden_size(target, report.feature_size, cell)
-        layer_specs = (
-            RecurrentLayerSpec(
-                name=report.output_layer, kind=LayerKind.NEW, hidden_size=size, input_size=report.feature_size,
-                activation=TRADITIONAL_ACTIVATION,
-            ),
-        )
-        if head is HeadKind.ORIGINAL:
-            head, outputs = HeadKind.CLASSIFY, base_num_classes
-        log.info("traditional %s: hidden size %d matched to PreRNN's %d recurrent parameters", cell.value, size, target)
-    else:
-        layer_specs = tuple(
-            RecurrentLayerSpec(
-                name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size,
-                activation=layer.activation or "identity",
-            )
-            for layer in resolved
-        )
-    spec = ModelSpec(
-        base_architecture=base_architecture,
-        layers=layer_specs,
-        cell=cell,
-        design=Design.TRADITIONAL if traditional else Design.SIH if sih else Design.PRERNN,
-        head=head,
-        outputs=outputs,
-        base_num_classes=base_num_classes,
-        input=input_spec,
-        init_hh=InitScheme(init_hh),
-        class_names=tuple(class_names) if class_names else None,
-    )
-    return build_recurrent_model(base, spec, report)

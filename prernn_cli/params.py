@@ -36,7 +36,7 @@ holds:
 Table 3's ratio is SIH ÷ PreRNN of the sums. The traditional counterpart is,
 by default, *one* traditional layer on the feature vector whose ``H'`` is
 matched to the summed PreRNN count — exactly what ``prernn convert
---traditional`` builds (:func:`prernn_cli.model.convert`), so the sizes agree.
+--traditional`` builds (:func:`prernn_cli.conversion.convert`), so the sizes agree.
 The paper matches both its 1-layer and its 2-layer TraRNNs to PreRNN's counts
 (Tables 2, 4, §4); ``traditional_layers=N`` sizes a stack of ``N`` layers of one
 hidden size ``H'`` (the first reads the feature vector, the others ``H'``),
@@ -57,15 +57,12 @@ is :func:`prernn_cli.inspection.account_checkpoint`.
 from __future__ import annotations
 
 import json
-import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.spec import CellType, Design, LayerKind
-
-logger = logging.getLogger(__name__)
 
 ALL_CELLS: tuple[CellType, ...] = (CellType.VRNN, CellType.LSTM, CellType.GRU)
 
@@ -104,7 +101,7 @@ class LayerShape:
         return (self.hidden_size if self.bias else 0) + self.batchnorm_params
 
     @classmethod
-    def from_report(cls, layer, network=None) -> "LayerShape":
+    def from_report(cls, layer, network=None) -> LayerShape:
         """Build from a :class:`prernn_cli.surgery.LayerReport` (and its NetworkReport, for the BatchNorm)."""
         if not layer.convertible or layer.weight_numel is None or layer.hidden_size is None or layer.input_size is None:
             reason = f": {layer.reason}" if getattr(layer, "reason", None) else ""
@@ -329,6 +326,51 @@ class ParamsReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def _checked_traditional_layers(layers: Sequence[LayerShape], feature_size: int, base_params: int, traditional_layers: int | None) -> int:
+    """Check :func:`count_parameters`' inputs; the depth of the traditional stack."""
+    if not layers:
+        raise ConversionError("no layer to account for; name at least one with --layer")
+    if feature_size is None or feature_size < 1:
+        raise ConversionError(
+            "the network's feature size (the vector fed to its output layer) is unknown, so the traditional design cannot be sized; "
+            "check the model with `prernn inspect`"
+        )
+    if base_params < 0:
+        raise ValueError(f"base_params must be >= 0, got {base_params}")
+    num_layers = 1 if traditional_layers is None else traditional_layers
+    if num_layers < 1:
+        raise ConversionError(f"--traditional-layers must be at least 1, got {num_layers}")
+    return num_layers
+
+
+def _prernn_count(layers: Sequence[LayerShape], cell: CellType, base_params: int) -> DesignCount:
+    weights = sum(prernn_params(layer, cell) for layer in layers)
+    with_biases = sum(prernn_params(layer, cell, biases=True) for layer in layers)
+    hidden = tuple(layer.hidden_size for layer in layers)
+    return DesignCount(cell, Design.PRERNN, True, weights, with_biases, base_params + with_biases, hidden, len(layers))
+
+
+def _sih_count(layers: Sequence[LayerShape], cell: CellType, base_params: int) -> DesignCount:
+    if cell is CellType.VRNN:
+        return DesignCount(cell, Design.SIH, False, None, None, None, None, None)
+    weights = sum(sih_params(layer, cell) for layer in layers)
+    hidden = tuple(layer.hidden_size for layer in layers)
+    return DesignCount(cell, Design.SIH, True, weights, weights, base_params + weights, hidden, len(layers))
+
+
+def _traditional_count(
+    target: int, cell: CellType, feature_size: int, base_params: int, num_layers: int, output_size: int | None, output_layer_params: int | None
+) -> DesignCount:
+    """The traditional stack whose ``H'`` brings its weights-only count closest to ``target`` (PreRNN's)."""
+    hidden = match_traditional_hidden_size(target, feature_size, cell, num_layers)
+    weights = traditional_params(feature_size, hidden, cell, num_layers)
+    with_biases = traditional_params(feature_size, hidden, cell, num_layers, biases=True)
+    total = base_params + with_biases
+    if output_size is not None and output_layer_params is not None:
+        total += (hidden + 1) * output_size - output_layer_params  # Linear(H', K) replaces the output layer
+    return DesignCount(cell, Design.TRADITIONAL, True, weights, with_biases, total, (hidden,) * num_layers, num_layers)
+
+
 def count_parameters(
     layers: Sequence[LayerShape],
     feature_size: int,
@@ -349,51 +391,22 @@ def count_parameters(
     traditional total keeps the base network's head.
     """
     layers = tuple(layers)
-    if not layers:
-        raise ConversionError("no layer to account for; name at least one with --layer")
-    if feature_size is None or feature_size < 1:
-        raise ConversionError(
-            "the network's feature size (the vector fed to its output layer) is unknown, so the traditional design cannot be sized; "
-            "check the model with `prernn inspect`"
-        )
-    if base_params < 0:
-        raise ValueError(f"base_params must be >= 0, got {base_params}")
-    num_trad = 1 if traditional_layers is None else traditional_layers
-    if num_trad < 1:
-        raise ConversionError(f"--traditional-layers must be at least 1, got {num_trad}")
-    hidden = tuple(layer.hidden_size for layer in layers)
-
+    num_trad = _checked_traditional_layers(layers, feature_size, base_params, traditional_layers)
     accountings = []
     for cell in dict.fromkeys(CellType(c) for c in cells):
-        pre = sum(prernn_params(layer, cell) for layer in layers)
-        pre_b = sum(prernn_params(layer, cell, biases=True) for layer in layers)
-        prernn = DesignCount(cell, Design.PRERNN, True, pre, pre_b, base_params + pre_b, hidden, len(layers))
-
-        if cell is CellType.VRNN:
-            sih = DesignCount(cell, Design.SIH, False, None, None, None, None, None)
-            ratio = None
-        else:
-            s = sum(sih_params(layer, cell) for layer in layers)
-            sih = DesignCount(cell, Design.SIH, True, s, s, base_params + s, hidden, len(layers))
-            ratio = s / pre
-
-        h_trad = match_traditional_hidden_size(pre, feature_size, cell, num_trad)
-        tra = traditional_params(feature_size, h_trad, cell, num_trad)
-        tra_b = traditional_params(feature_size, h_trad, cell, num_trad, biases=True)
-        tra_total = base_params + tra_b
-        if output_size is not None and output_layer_params is not None:
-            tra_total += (h_trad + 1) * output_size - output_layer_params  # Linear(H', K) replaces the output layer
-        traditional = DesignCount(cell, Design.TRADITIONAL, True, tra, tra_b, tra_total, (h_trad,) * num_trad, num_trad)
-
+        prernn = _prernn_count(layers, cell, base_params)
+        sih = _sih_count(layers, cell, base_params)
+        traditional = _traditional_count(prernn.recurrent_params, cell, feature_size, base_params, num_trad, output_size, output_layer_params)
+        tra = traditional.recurrent_params
         accountings.append(
             CellAccounting(
                 cell=cell,
                 traditional=traditional,
                 prernn=prernn,
                 sih=sih,
-                sih_over_prernn=ratio,
+                sih_over_prernn=sih.recurrent_params / prernn.recurrent_params if sih.available else None,
                 sih_over_traditional=(sih.recurrent_params / tra) if sih.available and tra else None,
-                traditional_hidden_size=h_trad,
+                traditional_hidden_size=traditional.hidden_sizes[0],
             )
         )
     return ParamsReport(
@@ -405,33 +418,3 @@ def count_parameters(
         cells=tuple(accountings),
         output_size=output_size,
     )
-
-
-def parse_cells(values: Sequence[str] | None) -> tuple[CellType, ...]:
-    """``--cell`` values (repeatable, comma-separated) as cells; all three when none are given."""
-    if not values:
-        return ALL_CELLS
-    cells: list[CellType] = []
-    for value in values:
-        for part in value.split(","):
-            part = part.strip().lower()
-            if not part:
-                continue
-            try:
-                cell = CellType(part)
-            except ValueError:
-                choices = ", ".join(c.value for c in CellType)
-                raise ConversionError(f"unknown cell {part!r}; choose from {choices}") from None
-            if cell not in cells:
-                cells.append(cell)
-    return tuple(cells) or ALL_CELLS
-
-
-def parse_layer_names(value: str) -> list[str]:
-    """``--layer fc6,fc7`` as a list of names, in the order given."""
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    if not names:
-        raise LayerError("no layer named; give --layer with a dotted name or paper alias, e.g. --layer fc6,fc7")
-    if len(set(names)) != len(names):
-        raise LayerError(f"a layer is named twice in --layer {value!r}; name each layer once")
-    return names

@@ -144,6 +144,51 @@ class RecurrentLayerSpec:
 
 
 @dataclass(frozen=True)
+class TrainingRecord:
+    """How a model was trained and evaluated (written by ``prernn train``).
+
+    ``evaluate``, ``analyze``, ``export`` and ``stream`` default to these settings, so a
+    trained model is measured the way training measured it; a flag still overrides.
+    Enum-valued settings are kept as their string values (``Sampling``, ``ClipPool``,
+    ``ErrorNorm`` live with the code that uses them).
+    """
+
+    task: Task
+    steps: int  # T steps per clip
+    sampling: str = "random"  # training sampling; validation used uniform (dense when dense)
+    clip_pool: str = "mean"
+    error_norm: str = "none"
+    norm_points: tuple[int, int] | None = None
+    auc_threshold: float = 0.08
+    val_fraction: float = 0.2
+
+    @property
+    def eval_sampling(self) -> str:
+        """How validation sampled its steps: dense windows when training did, else uniform."""
+        return "dense" if self.sampling == "dense" else "uniform"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["task"] = self.task.value
+        data["norm_points"] = list(self.norm_points) if self.norm_points else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingRecord":
+        points = data.get("norm_points")
+        return cls(
+            task=Task(data["task"]),
+            steps=int(data["steps"]),
+            sampling=str(data.get("sampling", "random")),
+            clip_pool=str(data.get("clip_pool", "mean")),
+            error_norm=str(data.get("error_norm", "none")),
+            norm_points=(int(points[0]), int(points[1])) if points else None,
+            auc_threshold=float(data.get("auc_threshold", 0.08)),
+            val_fraction=float(data.get("val_fraction", 0.2)),
+        )
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a converted model from its base architecture."""
 
@@ -158,6 +203,7 @@ class ModelSpec:
     init_hh: InitScheme = InitScheme.UNIFORM
     class_names: tuple[str, ...] | None = None
     task: str | None = None  # classify / regress / ctc once trained
+    training: TrainingRecord | None = None  # how it was trained and evaluated (prernn train)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -192,6 +238,7 @@ class ModelSpec:
             "init_hh": self.init_hh.value,
             "class_names": list(self.class_names) if self.class_names else None,
             "task": self.task,
+            "training": self.training.to_dict() if self.training else None,
         }
 
     def to_json(self) -> str:
@@ -214,6 +261,7 @@ class ModelSpec:
             init_hh=InitScheme(data.get("init_hh", "uniform")),
             class_names=tuple(data["class_names"]) if data.get("class_names") else None,
             task=data.get("task"),
+            training=TrainingRecord.from_dict(data["training"]) if data.get("training") else None,
             format_version=version,
         )
 

@@ -7,28 +7,25 @@ snippet for a 3D backbone) per call; a chunk model consumes T steps per call, an
 the last, short chunk is padded (its padded outputs are dropped — the model is
 causal, so the real steps' outputs do not depend on them).
 
-Provider choice (:func:`choose_provider`): ``auto`` takes CUDA only when a GPU is
-really usable (``torch.cuda.is_available()`` *and* onnxruntime has the CUDA
-provider — onnxruntime-gpu lists it even on machines without a GPU), otherwise
-CPU, and says which and why. State goes through onnxruntime IO binding: on a GPU
-it stays on the device between steps, only the frames go in and the predictions
-come out.
+The execution provider is chosen by :func:`~prernn_cli.export.runtime.choose_provider`
+(re-exported here with :class:`Provider` and :class:`ProviderChoice`). State goes
+through onnxruntime IO binding: on a GPU it stays on the device between steps,
+only the frames go in and the predictions come out.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from prernn_cli.data import read_clip_steps
-from prernn_cli.errors import PrernnError, UserInputError
-from prernn_cli.export import OnnxExportSpec, read_export_spec
+from prernn_cli.export.runtime import Provider, ProviderChoice, choose_provider, open_provider_session
+from prernn_cli.export.spec import OnnxExportSpec, read_export_spec
 from prernn_cli.spec import FrameKind, HeadKind
 
 logger = logging.getLogger(__name__)
@@ -42,75 +39,6 @@ __all__ = [
     "StreamResult",
     "stream_clip",
 ]
-
-_ORT_NAMES = {
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-
-
-class Provider(str, Enum):
-    """Which onnxruntime execution provider runs the model."""
-
-    AUTO = "auto"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-    CPU = "cpu"
-
-
-@dataclass(frozen=True)
-class ProviderChoice:
-    """The provider chosen for a request, and why."""
-
-    requested: Provider
-    provider: Provider  # never AUTO
-    providers: tuple[str, ...]  # onnxruntime's names, in priority order
-    device: str  # where state lives between steps: "cuda" or "cpu"
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"requested": self.requested.value, "provider": self.provider.value, "providers": list(self.providers), "device": self.device, "reason": self.reason}
-
-
-def _gpu_status() -> tuple[bool, str]:
-    """Whether a GPU is really usable, and the reason when it is not."""
-    import onnxruntime as ort
-    import torch
-
-    available = ort.get_available_providers()
-    if not torch.cuda.is_available():
-        return False, "no usable GPU (torch.cuda.is_available() is False)"
-    if _ORT_NAMES["cuda"] not in available:
-        return False, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    return True, f"GPU {torch.cuda.get_device_name(0)} is usable and onnxruntime has CUDAExecutionProvider"
-
-
-def choose_provider(requested: Provider | str = Provider.AUTO) -> ProviderChoice:
-    """Pick the execution provider for ``requested``; an explicit GPU request without a GPU is an error.
-
-    Raises:
-        UserInputError: ``cuda``/``tensorrt`` asked for where no GPU (or provider) is usable.
-    """
-    import onnxruntime as ort
-
-    requested = Provider(requested)
-    cpu = ProviderChoice(requested, Provider.CPU, (_ORT_NAMES["cpu"],), "cpu", "")
-    if requested is Provider.CPU:
-        return ProviderChoice(requested, Provider.CPU, cpu.providers, "cpu", "CPU, as requested")
-    usable, why = _gpu_status()
-    if requested is Provider.AUTO:
-        if usable:
-            return ProviderChoice(requested, Provider.CUDA, (_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]), "cuda", f"CUDA: {why}")
-        return ProviderChoice(requested, Provider.CPU, cpu.providers, "cpu", f"CPU: {why}")
-    if not usable:
-        raise UserInputError(f"--provider {requested.value} needs a usable GPU, but {why}; use --provider cpu (or auto)")
-    if requested is Provider.TENSORRT:
-        if _ORT_NAMES["tensorrt"] not in ort.get_available_providers():
-            raise UserInputError("--provider tensorrt: this onnxruntime has no TensorrtExecutionProvider; use --provider cuda")
-        names = (_ORT_NAMES["tensorrt"], _ORT_NAMES["cuda"], _ORT_NAMES["cpu"])
-        return ProviderChoice(requested, Provider.TENSORRT, names, "cuda", f"TensorRT, as requested: {why}")
-    return ProviderChoice(requested, Provider.CUDA, (_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]), "cuda", f"CUDA, as requested: {why}")
 
 
 # ---------------------------------------------------------------- the streamer
@@ -126,26 +54,17 @@ class OnnxStreamer:
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
     """
 
-    def __init__(self, onnx_path: Path, provider: Provider | str = Provider.AUTO, *, io_binding: bool = True, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(
+        self,
+        onnx_path: Path,
+        provider: Provider | str = Provider.AUTO,
+        *,
+        io_binding: bool = True,
+        threads: int | None = None,
+    ) -> None:
         self.path = Path(onnx_path)
         self.spec: OnnxExportSpec = read_export_spec(self.path)
-        self.choice = choose_provider(provider)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=list(self.choice.providers))
-        except Exception as error:  # noqa: BLE001 - onnxruntime's errors are untyped
-            raise PrernnError(f"onnxruntime cannot load {self.path} with {self.choice.providers[0]}: {str(error).splitlines()[0][:300]}") from None
-        active = self.session.get_providers()[0]
-        if active != self.choice.providers[0]:
-            # onnxruntime falls back silently when a GPU provider's libraries do not load
-            if self.choice.requested is not Provider.AUTO:
-                raise PrernnError(f"onnxruntime could not start {self.choice.providers[0]} (it fell back to {active}); check the CUDA/cuDNN/TensorRT libraries or use --provider cpu")
-            self.choice = ProviderChoice(self.choice.requested, Provider.CPU, (active,), "cpu", f"CPU: {self.choice.providers[0]} failed to start in onnxruntime")
+        self.session, self.choice = open_provider_session(self.path, choose_provider(provider), threads=threads)
         logger.info("provider: %s (%s)", self.choice.provider.value, self.choice.reason)
         self.io_binding = io_binding
         self.batch = self.spec.batch or 1
@@ -180,7 +99,9 @@ class OnnxStreamer:
         steps = np.asarray(steps)
         count = steps.shape[0]
         if not 1 <= count <= self.spec.steps or tuple(steps.shape[1:]) != self.step_shape:
-            raise ValueError(f"expected 1..{self.spec.steps} steps of shape {list(self.step_shape)}, got {list(steps.shape)}")
+            raise ValueError(
+                f"expected 1..{self.spec.steps} steps of shape {list(self.step_shape)}, got {list(steps.shape)}"
+            )
         if count < self.spec.steps:
             steps = np.concatenate([steps, np.repeat(steps[-1:], self.spec.steps - count, axis=0)])
             self._exhausted = True
@@ -238,6 +159,8 @@ class StepPrediction:
 
 @dataclass(frozen=True)
 class StreamResult:
+    """What :func:`stream_clip` predicted, on which provider, and how fast."""
+
     path: str
     clip: str
     provider: ProviderChoice

@@ -271,7 +271,7 @@ def files(tmp_path_factory):
     from prernn_cli.architectures import architecture_input
     from prernn_cli.architectures.samples import DigitVGG
     from prernn_cli.checkpoint import save_converted
-    from prernn_cli.model import convert
+    from prernn_cli.conversion import convert
 
     root = tmp_path_factory.mktemp("analyze")
     torch.manual_seed(0)

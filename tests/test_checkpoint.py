@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import struct
-import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,17 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
+from helpers import SAMPLES, convert_architecture
 from prernn_cli.architectures import (
     architecture_input,
     build_architecture,
     build_empty_architecture,
+    identify,
     identify_architecture,
     known_architectures,
     match_architecture,
     paper_aliases,
+    signature_cache_file,
 )
 from prernn_cli.architectures.c3d import C3D
 from prernn_cli.architectures.samples import DigitC3D, DigitResNet, DigitVGG
@@ -37,11 +39,10 @@ from prernn_cli.checkpoint import (
     save_converted,
 )
 from prernn_cli.cli import app
-from prernn_cli.errors import ArchitectureError, CheckpointError
+from prernn_cli.errors import ArchitectureError, CheckpointError, UserInputError
 from prernn_cli.spec import SPEC_METADATA_KEY, CellType, FrameKind
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Evil:
@@ -253,6 +254,30 @@ def test_identify_torchvision_and_c3d_on_meta(name, num_classes):
     assert identify_architecture(state) == name
 
 
+def _raises_while_built(num_classes: int = 10) -> nn.Module:
+    nn.Linear(2, 2)
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize("name", ["vgg16", "regnet_x_400mf", "c3d"])  # regnet computes with tensors while built
+def test_empty_build_is_all_meta_and_leaves_torch_as_it_was(name):
+    model = build_empty_architecture(name)
+    assert all(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
+    assert model.state_dict().keys() == build_architecture(name).state_dict().keys()
+    with pytest.raises(ArchitectureError, match="boom"):
+        build_empty_architecture(f"{__name__}:_raises_while_built")
+    assert torch._C._len_torch_function_stack() == 0  # no construction mode left behind
+    layer = nn.Linear(4, 3)  # the default device and initialisation are untouched
+    assert layer.weight.device.type == "cpu" and layer.weight.abs().sum() > 0
+
+
+def test_weights_without_values_are_refused(tmp_path):
+    path = tmp_path / "meta.pt"
+    torch.save(build_empty_architecture("digit_vgg").state_dict(), path)  # shapes only: a model saved from meta
+    with pytest.raises(CheckpointError, match=r"meta.pt: the file holds no values for features.0.weight"):
+        load_checkpoint(path)
+
+
 def test_identify_googlenet_saved_without_aux_heads():
     state = build_empty_architecture("googlenet", aux_logits=False).state_dict()
     match = match_architecture(state)
@@ -269,18 +294,16 @@ def test_identify_resnet18_file_end_to_end(tmp_path):
 
 
 def test_unmatched_weights_name_closest_candidates_and_cache_signatures(tmp_path, monkeypatch):
-    from prernn_cli import architectures
-
     monkeypatch.setenv("PRERNN_CACHE_DIR", str(tmp_path))
-    architectures._signature.cache_clear()
+    identify._signature.cache_clear()
     model = DigitResNet()
     state = {key: value for key, value in model.state_dict().items() if not key.startswith("layer3.1")}
     with pytest.raises(CheckpointError, match=r"match no known architecture \(closest: digit_resnet") as first:
         match_architecture(state)
-    cache = architectures.signature_cache_file()
+    cache = signature_cache_file()
     assert cache.parent == tmp_path and cache.exists()
     assert {"resnet50", "vgg16", "r3d_18", "c3d"} <= set(json.loads(cache.read_text()))
-    architectures._signature.cache_clear()  # the next run reads the shapes from disk
+    identify._signature.cache_clear()  # the next run reads the shapes from disk
     with pytest.raises(CheckpointError) as second:
         match_architecture(state)
     assert str(second.value) == str(first.value)
@@ -374,8 +397,6 @@ def _make_bad(tmp_path: Path, kind: str) -> list[str]:
     elif kind == "random_bytes":
         path.write_bytes(bytes(range(7, 256)) * 4)
     elif kind == "not_torch_zip":
-        import zipfile
-
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("readme.txt", "hello")
     elif kind == "no_weights":
@@ -428,10 +449,7 @@ def test_wrong_arch_names_keys_and_shapes(tmp_path):
 
 @pytest.fixture
 def converted_vgg():
-    from prernn_cli.model import convert
-
-    base = _digit_vgg()
-    return convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6", "fc7"], CellType.GRU, aliases=paper_aliases("digit_vgg", base))
+    return convert_architecture("digit_vgg", ["fc6", "fc7"], CellType.GRU, paper_names=True)
 
 
 def test_save_and_load_converted_round_trip(tmp_path, converted_vgg):
@@ -482,13 +500,8 @@ def test_load_converted_rejects_plain_weights_and_bad_specs(tmp_path, converted_
 
 
 def test_save_converted_fails_cleanly_on_a_bad_path(tmp_path, converted_vgg):
-    from prernn_cli.errors import UserInputError
-
     with pytest.raises(UserInputError, match="does not exist"):
         save_converted(converted_vgg, tmp_path / "no_such_dir" / "m.safetensors")
-
-
-SAMPLES = REPO / "sample_models"
 
 
 @pytest.mark.parametrize("name", ["digit_vgg", "digit_resnet", "digit_c3d"])

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from helpers import SAMPLES
 from prernn_cli.checkpoint import load_converted
 from prernn_cli.cli import app
 from prernn_cli.spec import CellType, Design, HeadKind
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 runner = CliRunner()
 
 
@@ -72,7 +71,6 @@ def test_convert_traditional_baseline(tmp_path):
         (["--layer", "features.0", "--cell", "gru"], "before global average pooling"),
         (["--layer", "fc6", "--cell", "vrnn", "--sih"], "SIH"),
         (["--layer", "fc6", "--cell", "gru", "--num-classes", "0"], "--num-classes must be at least 1"),
-        (["--layer", "fc6", "--cell", "rnn"], "unknown cell"),
         (["--layer", "fc6,fc6", "--cell", "gru"], "named twice"),
         (["--layer", "fc6", "--cell", "gru", "--sih", "--traditional"], "exclude each other"),
     ],
@@ -84,6 +82,14 @@ def test_bad_requests_exit_2_with_one_line(tmp_path, args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or "error:" in result.stderr.splitlines()[0]
     assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_cell_is_a_usage_error(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["convert", str(SAMPLES / "digit_vgg.pt"), "--layer", "fc6", "--cell", "rnn", "-o", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import random
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import make_clip_tree, moving_square, write_frame_folder, write_video
 from prernn_cli.data import (
     Augment,
     ClipDataset,
@@ -29,48 +29,6 @@ from prernn_cli.errors import DataError
 from prernn_cli.spec import FrameKind, InputSpec
 
 SPEC = InputSpec(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-
-def moving_square(num_frames: int, direction: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
-    """A bright square moving left (-1) or right (+1); frame i has its x at a known place."""
-    rng = np.random.default_rng(seed)
-    y = int(rng.integers(4, size - 12))
-    frames = []
-    for i in range(num_frames):
-        frame = np.zeros((size, size, 3), dtype=np.uint8)
-        x = 2 + i if direction > 0 else size - 10 - i
-        frame[y : y + 8, x : x + 8] = 255
-        frames.append(frame)
-    return frames
-
-
-def write_frame_folder(folder, frames) -> None:
-    folder.mkdir(parents=True)
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame_{i:04d}.png")
-
-
-def write_video(path, frames, codec: str = "ffv1") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def make_clip_tree(root, per_class: int = 3, num_frames: int = 8, video: bool = False) -> None:
-    for name, direction in (("left", -1), ("right", 1)):
-        for k in range(per_class):
-            frames = moving_square(num_frames, direction, seed=k)
-            if video:
-                write_video(root / name / f"clip{k}.mkv", frames)
-            else:
-                write_frame_folder(root / name / f"clip{k}", frames)
 
 
 def test_discover_folders_deterministic_val_fraction(tmp_path):
@@ -222,10 +180,9 @@ def test_dataset_reports_bad_clip_instead_of_raising(tmp_path):
     assert any("broken.mp4" in p for p in reasons) and any(r.startswith("too short") for r in reasons.values())
 
 
-def test_manifest_classify_regress_ctc(tmp_path):
-    make_clip_tree(tmp_path / "clips", per_class=2, num_frames=6)
+def test_manifest_classify_regress_ctc(tmp_path, small_clip_tree):
     rows = [("clips/left/clip0", "left"), ("clips/left/clip1", "left"), ("clips/right/clip0", "right"), ("clips/right/clip1", "right")]
-    (tmp_path / "m.csv").write_text("path,label,split\n" + "".join(f"{p},{l},{'val' if p.endswith('1') else 'train'}\n" for p, l in rows))
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "".join(f"{p},{label},{'val' if p.endswith('1') else 'train'}\n" for p, label in rows))
     splits = discover(tmp_path / "m.csv")
     assert splits.task is Task.CLASSIFY and len(splits.train) == 2 and len(splits.val) == 2
 
@@ -241,7 +198,7 @@ def test_manifest_classify_regress_ctc(tmp_path):
     assert item["targets"].shape == (3, 4)
     torch.testing.assert_close(item["targets"][:, 0], torch.tensor([0.0, 8.0, 20.0]))  # frames 0, 2, 5
 
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"path": p, "labels": [l, "stop"]}) for p, l in rows))
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"path": p, "labels": [label, "stop"]}) for p, label in rows))
     splits = discover(tmp_path / "c.jsonl", val_fraction=0)
     assert splits.class_names == ("<blank>", "left", "right", "stop") and splits.num_outputs == 4
     batch = collate([ClipDataset(splits.train, SPEC, Task.CTC, steps=4)[i] for i in range(2)])

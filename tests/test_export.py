@@ -1,4 +1,4 @@
-"""ONNX export and validation (issue 5, SPEC §5): real exports of the sample nets, run with onnxruntime.
+"""ONNX export and validation (SPEC §5): real exports of the sample nets, run with onnxruntime.
 
 Every export here goes through ``torch.onnx.export(dynamo=True)`` (seconds each), so
 models are small (random weights, T ≤ 3) and shared through module-scoped fixtures;
@@ -17,7 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prernn_cli.architectures import architecture_input, build_architecture
+from helpers import convert_architecture
+from prernn_cli.architectures import build_architecture
 from prernn_cli.checkpoint import save_converted
 from prernn_cli.cli import app
 from prernn_cli.errors import ExportError, ShapeMismatchError, ToleranceError, UserInputError
@@ -32,8 +33,8 @@ from prernn_cli.export import (
     read_export_spec,
     validate_onnx,
 )
-from prernn_cli.model import convert
-from prernn_cli.spec import SPEC_METADATA_KEY, CellType
+from prernn_cli.export.runtime import runtime_accepts_opset
+from prernn_cli.spec import SPEC_METADATA_KEY
 
 runner = CliRunner()
 
@@ -48,11 +49,9 @@ FAST_CASES = [("vgg_fc", "gru", True), ("resnet_conv", "lstm", False), ("c3d_fc"
 
 
 def build(net: str, cell: str, sih: bool = False, traditional: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
     arch, layers = NETS[net]
-    base = build_architecture(arch)
-    model = convert(base, arch, architecture_input(arch), layers, CellType(cell), sih=sih, traditional=traditional, class_names=[f"digit{i}" for i in range(10)])
-    return model.eval()
+    classes = [f"digit{i}" for i in range(10)]
+    return convert_architecture(arch, layers, cell, seed=seed, sih=sih, traditional=traditional, class_names=classes).eval()
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
@@ -86,9 +85,7 @@ def test_opset_default_is_newest_supported_by_exporter_and_runtime():
     assert 18 <= low <= high <= onnx.defs.onnx_opset_version()
     assert default_opset() == high
     # onnxruntime really loads that opset
-    from prernn_cli.export import _runtime_accepts_opset
-
-    assert _runtime_accepts_opset(high)
+    assert runtime_accepts_opset(high)
 
 
 def test_export_spec_names_and_axes():

@@ -10,13 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from prernn_cli.checkpoint import save_converted
+from helpers import FAST, moving_square, write_frame_folder, write_video
 from prernn_cli.cli import app
-from prernn_cli.data import Augment, ClipDataset, Sampling, Task, discover, read_frames, resize_frames
-from prernn_cli.frame_cache import FrameCache
+from prernn_cli.data import Augment, ClipDataset, FrameCache, Sampling, Task, discover, read_frames, resize_frames
 from prernn_cli.spec import InputSpec
-from test_data import moving_square, write_frame_folder, write_video  # noqa: E402
-from test_train import FAST, converted  # noqa: E402
 
 SPEC = InputSpec(size=(24, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -78,11 +75,9 @@ def test_unreadable_entry_is_decoded_again_and_nothing_partial_is_left(clip_tree
     assert cache.frames(video, _decoder(calls)).shape == (10, 24, 24, 3) and len(calls) == 2
 
 
-def test_train_with_frame_cache(clip_tree, tmp_path):
-    model = tmp_path / "m.safetensors"
-    save_converted(converted(), model)
+def test_train_with_frame_cache(clip_tree, tmp_path, model_file):
     cache = tmp_path / "frames"
-    result = CliRunner().invoke(app, ["train", str(model), "--data", str(clip_tree), "-o", str(tmp_path / "run"), "--epochs", "2",
+    result = CliRunner().invoke(app, ["train", str(model_file), "--data", str(clip_tree), "-o", str(tmp_path / "run"), "--epochs", "2",
                                       "--frame-cache", str(cache), "--val-fraction", "0.3", *FAST])
     assert result.exit_code == 0, result.output
     assert len(list(cache.glob("*.npy"))) == 6  # every clip, train and val, once
@@ -96,6 +91,6 @@ def test_train_with_frame_cache(clip_tree, tmp_path):
     assert len(list(cache.glob("*.npy"))) == 6
     blocked = tmp_path / "file"
     blocked.write_text("")
-    result = CliRunner().invoke(app, ["train", str(model), "--data", str(clip_tree), "-o", str(tmp_path / "run2"), "--epochs", "1",
+    result = CliRunner().invoke(app, ["train", str(model_file), "--data", str(clip_tree), "-o", str(tmp_path / "run2"), "--epochs", "1",
                                       "--frame-cache", str(blocked / "sub"), *FAST])
     assert result.exit_code == 2 and "--frame-cache" in result.stderr.strip().splitlines()[-1]

@@ -10,10 +10,11 @@ from torch.testing import assert_close
 
 from prernn_cli.architectures import architecture_input, build_architecture, paper_aliases
 from prernn_cli.checkpoint import load_converted, save_converted
+from prernn_cli.conversion import convert
 from prernn_cli.errors import ConversionError, LayerError
-from prernn_cli.model import convert
 from prernn_cli.params import match_traditional_hidden_size
 from prernn_cli.spec import CellType, HeadKind, InitScheme, InputSpec, LayerKind
+from prernn_cli.surgery import network_report
 
 DESIGNS = [(CellType.VRNN, False), (CellType.LSTM, False), (CellType.LSTM, True), (CellType.GRU, False), (CellType.GRU, True)]
 
@@ -187,3 +188,34 @@ def test_new_parameters_are_only_the_hidden_weights_and_the_new_output_layer():
     base = build_architecture("digit_vgg")
     model = _convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], CellType.GRU, True, head=HeadKind.CLASSIFY, outputs=2)
     assert model.new_parameter_names() == {"layers.0.weight_hh", "head.classifier.6.weight", "head.classifier.6.bias"}
+
+
+class _DataDependent(nn.Module):
+    """Control flow on a value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.fc(x.flatten(1))
+
+
+class _Broken(_DataDependent):
+    """A bug in the model's forward, not a tracing limitation."""
+
+    def forward(self, x):
+        return self.fc({}["missing"])
+
+
+def test_network_report_states_why_a_model_cannot_be_traced_but_lets_bugs_through():
+    spec = InputSpec(size=(2, 2))
+    report = network_report(_DataDependent(), spec)
+    assert not report.traced and "cannot be traced with torch.fx (TraceError" in report.trace_error
+    assert [layer.name for layer in report.layers] == ["fc"] and report.layers[0].reason == report.trace_error
+    with pytest.raises(LayerError, match="cannot convert: the model cannot be traced"):
+        convert(_DataDependent(), "custom", spec, ["fc"], CellType.LSTM)
+    with pytest.raises(KeyError, match="missing"):
+        network_report(_Broken(), spec)

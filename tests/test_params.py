@@ -6,9 +6,15 @@ import json
 import math
 
 import pytest
+import torch
+import typer
 from typer.testing import CliRunner
 
+from prernn_cli.architectures import architecture_input, build_architecture, build_empty_architecture, paper_aliases
+from prernn_cli.checkpoint import save_converted
 from prernn_cli.cli import app
+from prernn_cli.cli.options import parse_cells, parse_layer_names
+from prernn_cli.conversion import convert
 from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.inspection import account_checkpoint, account_layers
 from prernn_cli.params import (
@@ -16,8 +22,6 @@ from prernn_cli.params import (
     LayerShape,
     count_parameters,
     match_traditional_hidden_size,
-    parse_cells,
-    parse_layer_names,
     prernn_params,
     sih_params,
     table3_ratio,
@@ -174,7 +178,7 @@ def test_report_json_and_errors():
         LayerShape("bad", 0, 4, 4)
     assert parse_cells(None) == ALL_CELLS
     assert parse_cells(["gru,lstm", "gru"]) == (GRU, LSTM)
-    with pytest.raises(ConversionError, match="unknown cell"):
+    with pytest.raises(typer.BadParameter, match="'lstn' is not one of 'vrnn', 'lstm', 'gru'"):
         parse_cells(["lstn"])
     assert parse_layer_names("fc6, fc7") == ["fc6", "fc7"]
     with pytest.raises(LayerError):
@@ -233,7 +237,6 @@ def test_cli_table_and_cell_filter():
         (["params", "--layer", "fc6"], "--arch"),
         (["params", "--arch", "vgg16", "--layer", "fc9"], "fc9"),
         (["params", "--arch", "vgg16", "--layer", "classifier.6"], "classifier.6"),  # the output layer
-        (["params", "--arch", "vgg16", "--layer", "fc6", "--cell", "rnn"], "rnn"),
         (["params", "--arch", "no_such_net", "--layer", "fc6"], "no_such_net"),
     ],
 )
@@ -246,15 +249,18 @@ def test_cli_errors_are_one_line(args, needle):
     assert result.stdout == ""
 
 
+def test_cli_unknown_cell_is_a_usage_error():
+    result = runner.invoke(app, ["params", "--arch", "vgg16", "--layer", "fc6", "--cell", "lstm,rnn"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and result.stdout == ""
+    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], result.stderr
+
+
 # ------------------------------------------------------------------ agreement with the models `convert` builds
 
 
 @pytest.mark.parametrize(("arch", "layers"), [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])])
 def test_totals_match_converted_models(arch, layers):
     """``total_params`` is the parameter count of what ``convert`` builds; traditional H' is the one it picks."""
-    from prernn_cli.architectures import architecture_input, build_empty_architecture, paper_aliases
-    from prernn_cli.model import convert
-
     model = build_empty_architecture(arch)  # meta device: shapes only
     input_spec, aliases = architecture_input(arch), paper_aliases(arch, model)
     report = account_layers(model, input_spec, layers, aliases, architecture=arch)
@@ -271,10 +277,6 @@ def test_totals_match_converted_models(arch, layers):
 
 
 def test_cli_with_a_checkpoint(tmp_path):
-    import torch
-
-    from prernn_cli.architectures import build_architecture
-
     torch.manual_seed(0)
     path = tmp_path / "weights.pt"
     torch.save({"state_dict": build_architecture("digit_vgg").state_dict()}, path)
@@ -291,10 +293,6 @@ def test_cli_with_a_checkpoint(tmp_path):
 
 
 def test_cli_refuses_a_converted_model(tmp_path):
-    from prernn_cli.architectures import architecture_input, build_architecture, paper_aliases
-    from prernn_cli.checkpoint import save_converted
-    from prernn_cli.model import convert
-
     base = build_architecture("digit_vgg")
     converted = convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], LSTM, aliases=paper_aliases("digit_vgg", base))
     path = tmp_path / "converted.safetensors"

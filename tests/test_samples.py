@@ -13,9 +13,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from helpers import SAMPLES
 from prernn_cli.architectures.samples import DigitC3D, DigitResNet, DigitVGG
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 CHECKPOINTS = [(DigitVGG, "digit_vgg.pt"), (DigitResNet, "digit_resnet.pt"), (DigitC3D, "digit_c3d.pt")]
 MP4_TOLERANCE = 0  # the script measured the mp4 files as exact (see results.json)
 
@@ -32,7 +32,7 @@ make_samples = _load_script()
 
 
 @pytest.fixture(scope="module")
-def held_out() -> "make_samples.DigitSplit":
+def held_out() -> make_samples.DigitSplit:
     _, held = make_samples.load_digit_splits()
     return make_samples.DigitSplit(held.glyphs[:100], held.labels[:100])
 

@@ -1,4 +1,4 @@
-"""Streaming an exported model with onnxruntime (issue 5): provider choice, state carried, predictions."""
+"""Streaming an exported model with onnxruntime: provider choice, state carried, predictions."""
 
 from __future__ import annotations
 
@@ -12,25 +12,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from prernn_cli.architectures import architecture_input, build_architecture
+from helpers import SAMPLES, convert_architecture
 from prernn_cli.cli import app
-from prernn_cli.data import Clip, ClipDataset, Task
+from prernn_cli.data import Clip, ClipDataset, Task, read_clip_steps
 from prernn_cli.errors import DataError, UserInputError
 from prernn_cli.export import OnnxExportSpec, export_onnx
-from prernn_cli.model import convert
-from prernn_cli.spec import CellType
-from prernn_cli.data import read_clip_steps
 from prernn_cli.stream import OnnxStreamer, Provider, choose_provider, stream_clip
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"digit{i}" for i in range(10)]
-
-
-def build(arch: str, layers: list[str], cell: str, seed: int = 0):
-    torch.manual_seed(seed)
-    base = build_architecture(arch)
-    return convert(base, arch, architecture_input(arch), layers, CellType(cell), class_names=CLASSES).eval()
 
 
 def write_png_clip(folder: Path, frames: int, size=(32, 32), mode="RGB", seed: int = 0) -> Path:
@@ -60,7 +50,7 @@ def write_mp4_clip(path: Path, frames: int, seed: int = 0) -> Path:
 def vgg(tmp_path_factory):
     """A PreGRU (fc6) on the VGG-style net, exported as a step model (T=1) and a chunk model (T=3)."""
     folder = tmp_path_factory.mktemp("stream")
-    model = build("digit_vgg", ["classifier.0"], "gru")
+    model = convert_architecture("digit_vgg", ["classifier.0"], "gru", class_names=CLASSES).eval()
     step = export_onnx(model, folder / "step.onnx", OnnxExportSpec.create(model.spec, steps=1)).path
     chunk = export_onnx(model, folder / "chunk.onnx", OnnxExportSpec.create(model.spec, steps=3)).path
     return model, step, chunk, folder
@@ -140,7 +130,7 @@ def test_reset_starts_a_new_stream(vgg, png_clip):
 
 
 def test_stream_mp4_snippets_of_a_3d_model(tmp_path):
-    model = build("digit_c3d", ["fc6"], "lstm")
+    model = convert_architecture("digit_c3d", ["fc6"], "lstm", class_names=CLASSES).eval()
     path = export_onnx(model, tmp_path / "c3d.onnx", OnnxExportSpec.create(model.spec, steps=1)).path
     video = write_mp4_clip(tmp_path / "clip.mp4", frames=10)  # 2 snippets of 4, 2 frames left over
     steps, count = read_clip_steps(video, model.spec.input)
@@ -153,7 +143,7 @@ def test_stream_mp4_snippets_of_a_3d_model(tmp_path):
 
 def test_stream_matches_the_evaluate_data_path_on_a_shipped_clip(vgg):
     """The shipped 16-frame clips, read the way `prernn evaluate` reads them (ClipDataset, uniform T=16)."""
-    clips = sorted((REPO / "sample_models" / "clips" / "val").glob("*/*"))
+    clips = sorted((SAMPLES / "clips" / "val").glob("*/*"))
     if not clips:
         pytest.skip("sample_models/clips not built yet (sample_models/make_samples.py)")
     model, step, _, _ = vgg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,31 +12,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from prernn_cli.architectures import architecture_input, build_architecture
+from helpers import FAST, converted, make_clip_tree, moving_square, write_frame_folder
 from prernn_cli.checkpoint import load_converted, save_converted
 from prernn_cli.cli import app
-from prernn_cli.data import Task, discover
+from prernn_cli.data import ClipDataset, Sampling, Task, collate, discover
 from prernn_cli.errors import TrainingError
-from prernn_cli.model import convert
-from prernn_cli.spec import CellType, HeadKind
-from prernn_cli.train import KILL_AFTER_STEP_ENV, TrainConfig, load_training_state, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import make_clip_tree, moving_square, write_frame_folder  # noqa: E402
+from prernn_cli.spec import CellType
+from prernn_cli.train import TrainConfig, load_training_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-FAST = ["--workers", "0", "--steps", "4", "--batch-size", "2", "--device", "cpu"]
 
+# A training run in a separate process that SIGKILLs itself (a real crash: no cleanup, no
+# `finally`) as soon as the progress callback reports the given optimiser step.
+KILLED_RUN = """
+import json, os, signal, sys
+from prernn_cli.checkpoint import load_converted
+from prernn_cli.data import discover
+from prernn_cli.train import EventKind, TrainConfig, train
 
-def converted(arch: str = "digit_vgg", layer: str = "classifier.0", cell=CellType.GRU, sih=True, outputs=2, traditional=False, seed=0):
-    torch.manual_seed(seed)
-    base = build_architecture(arch)
-    head = HeadKind.CLASSIFY if outputs else HeadKind.ORIGINAL
-    return convert(base, arch, architecture_input(arch), [layer], cell, sih=sih, head=head, outputs=outputs, traditional=traditional)
+model_file, clips, output_dir, kill_at, config = sys.argv[1:]
+
+def crash(event):
+    if event.kind is EventKind.STEP and event.global_step == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_converted(model_file), discover(clips), output_dir, TrainConfig(**json.loads(config)), progress=crash)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +51,6 @@ def clips(tmp_path_factory) -> Path:
     make_clip_tree(root / "train", per_class=3, num_frames=6)
     make_clip_tree(root / "val", per_class=1, num_frames=6)
     return root
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "gru_sih.safetensors"
-    save_converted(converted(), path)
-    return path
 
 
 def test_cli_train_then_evaluate(clips, model_file, tmp_path):
@@ -69,7 +69,9 @@ def test_cli_train_then_evaluate(clips, model_file, tmp_path):
     result = runner.invoke(app, ["evaluate", str(run / "best.safetensors"), "--data", str(clips), "--steps", "4", "--device", "cpu", "--json", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["metrics"]["clips"] == 2 and 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    # best.safetensors is the only epoch's model: evaluate gives the val numbers training recorded
+    assert report["metrics"]["clips"] == 2 and report["metrics"]["accuracy"] == rows[0]["val_accuracy"]
+    assert report["metrics"]["loss"] == pytest.approx(rows[0]["val_loss"], rel=1e-5)
     assert set(report["per_class_accuracy"]) == {"left", "right"}
     assert np.asarray(report["confusion_matrix"]).sum() == 2
     assert (out / "confusion_val.png").stat().st_size > 0
@@ -79,25 +81,34 @@ def _weights(path: Path) -> dict:
     return load_file(str(path))
 
 
+def _val_outputs(run: Path, splits, task: Task, steps: int) -> tuple[torch.Tensor, dict]:
+    """Outputs of the run's saved `last` model on all val clips (uniform steps, one batch), and that batch."""
+    model = load_converted(run / "last.safetensors").eval()
+    dataset = ClipDataset(splits.val, model.spec.input, task, steps, Sampling.UNIFORM)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        outputs, _ = model(batch["frames"])
+    return outputs.float(), batch
+
+
 def test_killed_run_resumes_to_the_same_weights(clips, model_file, tmp_path):
     """A run SIGKILLed mid-epoch and resumed ends exactly where an uninterrupted run ends (CPU)."""
-    args = ["train", str(model_file), "--data", str(clips), "--epochs", "2", "--checkpoint-every", "2", *FAST]
+    options = dict(epochs=2, batch_size=2, steps=4, workers=0, device="cpu", checkpoint_every=2)
     # 6 train clips, batch 2 -> 3 steps per epoch; saved at steps 2, 3 (epoch end), 4; killed after step 5
-    env = {**os.environ, KILL_AFTER_STEP_ENV: "5"}
-    killed = subprocess.run([sys.executable, "-m", "prernn_cli", *args, "-o", str(tmp_path / "a")], env=env, capture_output=True, text=True, cwd=ROOT)
+    command = [sys.executable, "-c", KILLED_RUN, str(model_file), str(clips), str(tmp_path / "a"), "5", json.dumps(options)]
+    killed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert killed.returncode == -9, killed.stderr
     state = load_training_state(tmp_path / "a")
     assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (1, 1, 4)  # mid epoch 2; step 5 is lost
-    resumed = runner.invoke(app, [*args, "-o", str(tmp_path / "a"), "--resume", str(tmp_path / "a")])
-    assert resumed.exit_code == 0, resumed.output
-    full = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
-    assert full.exit_code == 0, full.output
+    resumed = train(load_converted(model_file), discover(clips), tmp_path / "a", TrainConfig(**options), resume=tmp_path / "a")
+    assert [row["epoch"] for row in resumed.history] == [1, 2] and not resumed.stopped_early
+    train(load_converted(model_file), discover(clips), tmp_path / "b", TrainConfig(**options))
     a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    history_a = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    history_b = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    history_a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    history_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in history_a] == pytest.approx([r["train_loss"] for r in history_b], abs=1e-6)
 
 
@@ -141,9 +152,8 @@ def test_cli_bad_input_is_one_line_exit_2(clips, model_file, tmp_path, setup, me
     assert last_line.startswith("error:") and message in last_line and "Traceback" not in result.output
 
 
-def test_bad_clips_are_skipped_and_counted(tmp_path, model_file):
-    data = tmp_path / "clips"
-    make_clip_tree(data, per_class=2, num_frames=6)
+def test_bad_clips_are_skipped_and_counted(tmp_path, model_file, small_clip_tree):
+    data = small_clip_tree
     (data / "left" / "corrupt.mp4").write_bytes(b"\x00garbage" * 50)
     result = runner.invoke(app, ["train", str(model_file), "--data", str(data), "-o", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0", "--json", *FAST])
     assert result.exit_code == 0, result.output
@@ -162,8 +172,7 @@ def test_freeze_trunk_and_lr_groups(clips, tmp_path):
     assert not torch.equal(model.layers[0].weight_hh.detach(), layer_before)
 
 
-def test_regress_and_ctc_manifests(tmp_path):
-    make_clip_tree(tmp_path / "clips", per_class=2, num_frames=6)
+def test_regress_and_ctc_manifests(tmp_path, small_clip_tree):
     paths = [f"clips/{c}/clip{k}" for c in ("left", "right") for k in range(2)]
     lines = []
     for k, p in enumerate(paths):
@@ -173,21 +182,40 @@ def test_regress_and_ctc_manifests(tmp_path):
     splits = discover(tmp_path / "regress.jsonl", val_fraction=0.25)
     result = train(converted(outputs=4), splits, tmp_path / "r", TrainConfig(task=Task.REGRESS, epochs=1, batch_size=2, steps=3, workers=0, device="cpu"))
     row = result.history[0]
-    assert row["val_mean_error"] > 0 and 0.0 <= row["val_auc"] <= 1.0
+    # recomputed from the saved model: the mean distance of the 2 (x, y) points per frame, and the l2 loss
+    outputs, batch = _val_outputs(tmp_path / "r", splits, Task.REGRESS, 3)
+    errors = (outputs.reshape(*outputs.shape[:2], 2, 2) - batch["targets"].reshape(*outputs.shape[:2], 2, 2)).norm(dim=-1).mean(dim=-1)
+    assert row["val_clips"] == len(splits.val) == outputs.shape[0]
+    assert row["val_mean_error"] == pytest.approx(float(errors.mean()), rel=1e-5)
+    assert row["val_loss"] == pytest.approx(float(F.mse_loss(outputs, batch["targets"])), rel=1e-5)
+    assert 0.0 <= row["val_auc"] <= 1.0
 
     (tmp_path / "ctc.jsonl").write_text("\n".join(json.dumps({"path": p, "labels": p.split("/")[1]}) for p in paths))
     splits = discover(tmp_path / "ctc.jsonl", val_fraction=0.25)
     assert splits.class_names == ("<blank>", "left", "right")
     result = train(converted(outputs=3), splits, tmp_path / "c", TrainConfig(task=Task.CTC, epochs=1, batch_size=2, steps=4, workers=0, device="cpu"))
-    assert 0.0 <= result.history[0]["val_sequence_accuracy"] <= 1.0
+    # recomputed from the saved model: best-path decoding by hand (merge repeats, drop blank 0) against the labels
+    outputs, batch = _val_outputs(tmp_path / "c", splits, Task.CTC, 4)
+    decoded = [tuple(k for k, _ in itertools.groupby(path) if k != 0) for path in outputs.argmax(dim=-1).tolist()]
+    truths = [tuple(t.tolist()) for t in batch["sequence"].split(batch["sequence_lengths"].tolist())]
+    assert len(truths) == len(splits.val) == result.history[0]["val_clips"]
+    assert result.history[0]["val_sequence_accuracy"] == np.mean([d == t for d, t in zip(decoded, truths)])
     assert load_converted(tmp_path / "c" / "last.safetensors").spec.class_names == ("<blank>", "left", "right")
 
 
 def test_3d_backbone_trains(tmp_path):
     make_clip_tree(tmp_path / "clips", per_class=2, num_frames=8)
     model = converted("digit_c3d", "fc6", CellType.LSTM, sih=True)
-    result = train(model, discover(tmp_path / "clips", val_fraction=0), tmp_path / "run", TrainConfig(epochs=1, batch_size=2, steps=2, workers=1, device="cpu"))
-    assert result.history[0]["train_loss"] > 0 and not result.skipped
+    splits = discover(tmp_path / "clips", val_fraction=0.5)
+    result = train(model, splits, tmp_path / "run", TrainConfig(epochs=1, batch_size=2, steps=2, workers=1, device="cpu"))
+    row = result.history[0]
+    assert (row["train_clips"], row["val_clips"]) == (2, 2) and not result.skipped
+    # the recorded val numbers are those of the saved model, recomputed: clip prediction = mean per-step log-probs
+    outputs, batch = _val_outputs(tmp_path / "run", splits, Task.CLASSIFY, 2)
+    predicted = F.log_softmax(outputs, dim=-1).mean(dim=1).argmax(dim=-1)
+    assert row["val_accuracy"] == float((predicted == batch["label"]).float().mean())
+    loss = F.cross_entropy(outputs.flatten(0, 1), batch["label"].repeat_interleave(outputs.shape[1]))
+    assert row["val_loss"] == pytest.approx(float(loss), rel=1e-5)
 
 
 @pytest.mark.slow

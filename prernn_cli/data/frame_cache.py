@@ -21,8 +21,8 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -49,12 +49,14 @@ class FrameCache:
         self._keys: dict[Path, str] = {}  # per process: a clip is looked at (stat of every frame) once per run
 
     @classmethod
-    def open(cls, root: Path, spec: InputSpec) -> "FrameCache":
+    def open(cls, root: Path, spec: InputSpec) -> FrameCache:
         """The cache in ``root`` for a model with input ``spec``; a one-line :class:`UserInputError` when ``root`` cannot be made."""
         try:
             return cls(root, spec)
         except OSError as error:
-            raise UserInputError(f"--frame-cache {root}: cannot create the folder ({error.strerror}); give a writable folder") from None
+            raise UserInputError(
+                f"--frame-cache {root}: cannot create the folder ({error.strerror}); give a writable folder"
+            ) from None
 
     def _key(self, clip: Path) -> str:
         clip = Path(clip)
@@ -64,7 +66,11 @@ class FrameCache:
 
     def _identity(self, clip: Path) -> str:
         if clip.is_dir():
-            entries = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(clip) if entry.is_file())
+            entries = sorted(
+                (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                for entry in os.scandir(clip)
+                if entry.is_file()
+            )
         else:
             status = clip.stat()
             entries = [(clip.name, status.st_size, status.st_mtime_ns)]
@@ -79,8 +85,14 @@ class FrameCache:
         """Whether a stored entry has the layout this cache writes: ``[N ≥ 1, H' ≥ H, W' ≥ W, channels]`` uint8."""
         height, width = self.spec.size
         channels = 1 if self.spec.channels == 1 else 3
-        return (frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] >= 1
-                and frames.shape[1] >= height and frames.shape[2] >= width and frames.shape[3] == channels)
+        return (
+            frames.dtype == np.uint8
+            and frames.ndim == 4
+            and frames.shape[0] >= 1
+            and frames.shape[1] >= height
+            and frames.shape[2] >= width
+            and frames.shape[3] == channels
+        )
 
     def frames(self, clip: Path, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
         """All frames of ``clip``, from the cache, or from ``decode(clip)`` (then stored)."""
@@ -101,5 +113,7 @@ class FrameCache:
         except OSError as error:  # a full disk: go on without this entry, the cache is only an optimisation
             if temporary is not None:
                 Path(temporary).unlink(missing_ok=True)
-            log.warning("frame cache: cannot store %s in %s (%s); it will be decoded again", clip, self.root, error.strerror)
+            log.warning(
+                "frame cache: cannot store %s in %s (%s); it will be decoded again", clip, self.root, error.strerror
+            )
         return frames

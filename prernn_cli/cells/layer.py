@@ -1,16 +1,15 @@
-"""The paper's recurrent layers: PreVRNN, PreLSTM, PreGRU, their SIH variants, and the traditional baselines.
+"""The base of every recurrent layer (:class:`RecurrentLayer`): the input-to-hidden map and the time loop around a cell.
 
-This module is the one place where the paper's equations live (Yang, Molchanov,
-Kautz, CVPR 2018; SPEC §2). A layer has two halves:
+A layer has two halves:
 
-* :meth:`PreRecurrentLayer.project` — the input-to-hidden state ``a(x_t)`` of the
+* :meth:`RecurrentLayer.project` — the input-to-hidden state ``a(x_t)`` of the
   pretrained layer, run on all ``B·T`` frames at once because it does not depend
   on the state. For an fc layer ``a(x) = W_xy x + b_xy``; for a conv layer
   ``a(x) = P(B(W_xy * x) + γ)`` with the layer's BatchNorm ``B`` (running
   statistics), the residual shortcut ``γ`` and global average pooling ``P``.
   The G gate copies (gate-dependent design) are one fused matmul or conv; SIH
   computes the single projection once.
-* :meth:`PreRecurrentLayer.recur` — the sequential part, where only the small
+* :meth:`RecurrentLayer.recur` — the sequential part, where only the small
   ``W_h·`` products run inside the time loop.
 
 Parameter names and gate order follow :class:`torch.nn.RNNBase`: ``weight_ih``
@@ -23,14 +22,15 @@ buffers ``bn_running_mean``, ``bn_running_var``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from prernn_cli.cells.sequence import _needs_sequence_function, _SequenceFunction
 from prernn_cli.kernels import WeightProduct, fused_rnn_usable, linear
 from prernn_cli.spec import CellType, InitScheme, LayerKind
 
@@ -65,7 +65,7 @@ class ConvGeometry:
     shortcut: bool = False
 
     @classmethod
-    def from_module(cls, conv: nn.Module, batchnorm: Optional[nn.Module], shortcut: bool) -> "ConvGeometry":
+    def from_module(cls, conv: nn.Module, batchnorm: Optional[nn.Module], shortcut: bool) -> ConvGeometry:
         if isinstance(conv.padding, str):
             raise ValueError(f"conv padding mode {conv.padding!r} is not supported; only explicit padding")
         return cls(
@@ -80,7 +80,7 @@ class ConvGeometry:
         )
 
 
-class PreRecurrentLayer(nn.Module):
+class RecurrentLayer(nn.Module):
     r"""Base of every recurrent layer: a pretrained (or, for traditional designs, new) input-to-hidden map
     plus a recurrence whose hidden-to-hidden weights are new.
 
@@ -356,246 +356,3 @@ class PreRecurrentLayer(nn.Module):
         if self.bias_ih is None:
             parts.append("bias=False")
         return ", ".join(parts)
-
-
-class PreVRNN(PreRecurrentLayer):
-    r"""Vanilla recurrent layer made from a pretrained layer (Eqs. 5, 6).
-
-    .. math::
-        y_t = H\big(a(x_t) + W_{hh}\, y_{t-1}\big)
-
-    ``H`` is the pretrained layer's own activation (ReLU for VGG, C3D, ResNet).
-    With ``W_hh = 0`` the layer is the pretrained feed-forward layer, frame by frame.
-    """
-
-    cell = CellType.VRNN
-
-    def _fused_op(self) -> Optional[Callable]:
-        if self.conv is not None:
-            return None
-        return {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh}.get(self.activation)
-
-    def _steps(self, u, weight_hh, state, observer, index, keep):
-        act = ACTIVATIONS[self.activation]
-        batch, steps = u.shape[:2]
-        product = WeightProduct(weight_hh, batch, steps, (u, *state))
-        (h,) = state
-        outputs, preactivations = [], []
-        for u_t in u.transpose(0, 1).contiguous().unbind(0):  # time-major: each step's inputs contiguous
-            a = product.addmm(u_t, h)
-            h = act(a)
-            if keep:
-                preactivations.append(a)
-            outputs.append(h)
-        saved = ()
-        if keep:
-            previous = torch.stack([state[0], *outputs[:-1]])
-            saved = (torch.stack(preactivations), previous)
-        return torch.stack(outputs, dim=1), (h,), saved
-
-    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
-        preactivations, previous = saved
-        with torch.enable_grad():  # H'(a) for every step at once, for any elementwise H
-            a = preactivations.detach().requires_grad_()
-            (derivative,) = torch.autograd.grad(ACTIVATIONS[self.activation](a), a, torch.ones_like(a))
-        steps, batch = preactivations.shape[:2]
-        product_t = WeightProduct(weight_hh.t(), batch, steps, (grad_outputs, *grad_state))
-        grad_pre = torch.empty_like(preactivations)
-        (grad_h,) = grad_state
-        for t in reversed(range(steps)):
-            grad_h = grad_h + grad_outputs[t]
-            torch.mul(grad_h, derivative[t], out=grad_pre[t])
-            grad_h = product_t.mm(grad_pre[t])
-        grad_weight = torch.mm(grad_pre.flatten(0, 1).t(), previous.flatten(0, 1))
-        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h,)
-
-
-class PreLSTM(PreRecurrentLayer):
-    r"""LSTM layer made from a pretrained layer: gate-dependent (Eqs. 7, 8) or SIH (Eqs. 10, 11).
-
-    .. math::
-        \begin{aligned}
-        i_t &= \sigma(u_t(i) + W_{hi} h_{t-1}) & f_t &= \sigma(u_t(f) + W_{hf} h_{t-1}) \\
-        o_t &= \sigma(u_t(o) + W_{ho} h_{t-1}) & \tilde c_t &= \tanh(u_t(c) + W_{hc} h_{t-1}) \\
-        c_t &= f_t \odot c_{t-1} + i_t \odot \tilde c_t & h_t &= o_t \odot \tanh(c_t)
-        \end{aligned}
-
-    Gate-dependent: ``u_t(g) = a_g(x_t)``, each gate with its own copy of the
-    pretrained weights. SIH: ``u_t(g) = v_t = a(x_t)`` for every gate.
-    Gate order in ``weight_ih``/``weight_hh``: (i, f, g = c̃, o), as :class:`torch.nn.LSTM`.
-    """
-
-    cell = CellType.LSTM
-
-    def _fused_op(self) -> Optional[Callable]:
-        return torch.lstm if self.conv is None and not self.sih else None
-
-    def _steps(self, u, weight_hh, state, observer, index, keep):
-        hidden = self.hidden_size
-        batch, steps = u.shape[:2]
-        product = WeightProduct(weight_hh, batch, steps, (u, *state))
-        h, c = state
-        outputs, activations, cells = [], [], []
-        for u_t in u.transpose(0, 1).contiguous().unbind(0):  # time-major: each step's inputs contiguous
-            gates = self._preactivations(product, u_t, h, 4)
-            # One sigmoid over all 4H pre-activations (the c̃ block's is unused) instead of three calls.
-            sig = torch.sigmoid(gates)
-            i, f, _, o = sig.view(-1, 4, hidden).unbind(1)
-            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-            c = torch.addcmul(f * c, i, g)  # f ⊙ c + i ⊙ c̃
-            h = o * torch.tanh(c)
-            if observer is not None:
-                observer(index, {"i": i, "f": f, "o": o, "g": g})
-            if keep:
-                sig[:, 2 * hidden : 3 * hidden] = g  # (i, f, c̃, o), no autograd here
-                activations.append(sig)
-                cells.append(c)
-            outputs.append(h)
-        saved = ()
-        if keep:
-            saved = (torch.stack(activations), torch.stack([state[1], *cells]), torch.stack([state[0], *outputs[:-1]]))
-        return torch.stack(outputs, dim=1), (h, c), saved
-
-    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
-        activations, cells, previous = saved
-        steps, batch = activations.shape[:2]
-        hidden = self.hidden_size
-        i, f, g, o = activations.split(hidden, dim=2)
-        tanh_c = torch.tanh(cells[1:])
-        # ∂h_t/∂c_t, and per-gate factors of ∂L/∂pre-activation, for all steps at once.
-        cell_from_h = o * (1 - tanh_c * tanh_c)
-        ifg_factors = torch.stack([g * i * (1 - i), cells[:-1] * f * (1 - f), i * (1 - g * g)], dim=2)  # [T, B, 3, H]
-        o_factor = tanh_c * o * (1 - o)
-        product_t = WeightProduct(weight_hh.t(), batch, steps, (grad_outputs, *grad_state))
-        grad_pre = torch.empty_like(activations)
-        grad_h, grad_c = grad_state
-        for t in reversed(range(steps)):
-            grad_h = grad_h + grad_outputs[t]
-            grad_c = torch.addcmul(grad_c, grad_h, cell_from_h[t])
-            torch.mul(ifg_factors[t], grad_c.unsqueeze(1), out=grad_pre[t, :, : 3 * hidden].view(batch, 3, hidden))
-            torch.mul(grad_h, o_factor[t], out=grad_pre[t, :, 3 * hidden :])
-            grad_c = grad_c * f[t]
-            grad_h = product_t.mm(grad_pre[t])
-        grad_weight = torch.mm(grad_pre.flatten(0, 1).t(), previous.flatten(0, 1))
-        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h, grad_c)
-
-
-class PreGRU(PreRecurrentLayer):
-    r"""GRU layer made from a pretrained layer: gate-dependent (Eqs. 7, 9) or SIH (Eqs. 10, 12).
-
-    .. math::
-        \begin{aligned}
-        r_t &= \sigma(u_t(r) + W_{hr} h_{t-1}) \qquad z_t = \sigma(u_t(z) + W_{hz} h_{t-1}) \\
-        \tilde h_t &= \tanh\big(u_t(h) + W_{hh} (r_t \odot h_{t-1})\big) \\
-        h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
-        \end{aligned}
-
-    This is Cho et al.'s form used by the paper — the reset gate acts *before* the
-    hidden matrix and ``z`` weights the new state — not :class:`torch.nn.GRU`'s.
-    Gate order in ``weight_ih``/``weight_hh``: (r, z, n = h̃).
-    """
-
-    cell = CellType.GRU
-
-    def _steps(self, u, weight_hh, state, observer, index, keep):
-        hidden = self.hidden_size
-        batch, steps = u.shape[:2]
-        product_rz = WeightProduct(weight_hh[: 2 * hidden], batch, steps, (u, *state))
-        product_n = WeightProduct(weight_hh[2 * hidden :], batch, steps, (u, *state))
-        (h,) = state
-        outputs, gates_rz, candidates, previous, reset = [], [], [], [], []
-        # Time-major, and the (r, z) and n inputs apart: every step's operands are contiguous.
-        time_major = u.transpose(0, 1)
-        if self.sih:
-            u_rz = u_n = time_major.contiguous().unbind(0)
-        else:
-            u_rz = time_major[..., : 2 * hidden].contiguous().unbind(0)
-            u_n = time_major[..., 2 * hidden :].contiguous().unbind(0)
-        for u_rz_t, u_n_t in zip(u_rz, u_n):
-            rz = torch.sigmoid(self._preactivations(product_rz, u_rz_t, h, 2))
-            r, z = rz.chunk(2, dim=1)
-            r_h = r * h
-            n = torch.tanh(self._preactivations(product_n, u_n_t, r_h, 1))
-            if keep:
-                gates_rz.append(rz)
-                candidates.append(n)
-                previous.append(h)
-                reset.append(r_h)
-            h = torch.lerp(h, n, z)  # (1 - z) ⊙ h + z ⊙ h̃
-            if observer is not None:
-                observer(index, {"r": r, "z": z})
-            outputs.append(h)
-        saved = ()
-        if keep:  # (r, z, h̃) as one [T, B, 3H] tensor, joined once rather than per step
-            activations = torch.cat([torch.stack(gates_rz), torch.stack(candidates)], dim=2)
-            saved = (activations, torch.stack(previous), torch.stack(reset))
-        return torch.stack(outputs, dim=1), (h,), saved
-
-    def _backward(self, saved, weight_hh, grad_outputs, grad_state):
-        activations, previous, reset = saved
-        steps, batch = activations.shape[:2]
-        hidden = self.hidden_size
-        r, z, n = activations.split(hidden, dim=2)
-        n_factor = z * (1 - n * n)
-        z_factor = (n - previous) * z * (1 - z)
-        r_factor = previous * r * (1 - r)
-        keep_factor = 1 - z
-        operands = (grad_outputs, *grad_state)
-        product_rz_t = WeightProduct(weight_hh[: 2 * hidden].t(), batch, steps, operands)
-        product_n_t = WeightProduct(weight_hh[2 * hidden :].t(), batch, steps, operands)
-        grad_pre = torch.empty_like(activations)
-        (grad_h,) = grad_state
-        for t in reversed(range(steps)):
-            grad_h = grad_h + grad_outputs[t]
-            torch.mul(grad_h, n_factor[t], out=grad_pre[t, :, 2 * hidden :])
-            torch.mul(grad_h, z_factor[t], out=grad_pre[t, :, hidden : 2 * hidden])
-            grad_r_h = product_n_t.mm(grad_pre[t, :, 2 * hidden :])  # ∂L/∂(r ⊙ h_{t-1})
-            torch.mul(grad_r_h, r_factor[t], out=grad_pre[t, :, :hidden])
-            grad_h = product_rz_t.addmm(torch.addcmul(grad_h * keep_factor[t], grad_r_h, r[t]), grad_pre[t, :, : 2 * hidden])
-        flat = grad_pre.flatten(0, 1)
-        grad_weight = torch.cat([
-            torch.mm(flat[:, : 2 * hidden].t(), previous.flatten(0, 1)),
-            torch.mm(flat[:, 2 * hidden :].t(), reset.flatten(0, 1)),
-        ])
-        return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h,)
-
-
-def _needs_sequence_function(*tensors: Tensor) -> bool:
-    """Whether a recurrence should run as one :class:`_SequenceFunction` node (training in eager mode)."""
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
-        return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-        return False
-    device = tensors[0].device.type
-    return device != "meta" and not torch.is_autocast_enabled(device)
-
-
-class _SequenceFunction(torch.autograd.Function):
-    """A layer's whole recurrence as one autograd node: :meth:`PreRecurrentLayer._steps` forward,
-    :meth:`PreRecurrentLayer._backward` backward."""
-
-    @staticmethod
-    def forward(ctx, layer, observer, index, u, weight_hh, *state):
-        outputs, last, saved = layer._steps(u, weight_hh, state, observer, index, keep=True)
-        ctx.layer = layer
-        ctx.save_for_backward(weight_hh, *saved)
-        return (outputs, *last)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_outputs, *grad_last):
-        weight_hh, *saved = ctx.saved_tensors
-        grad_u, grad_weight, grad_state = ctx.layer._backward(tuple(saved), weight_hh, grad_outputs.transpose(0, 1), grad_last)
-        return (None, None, None, grad_u, grad_weight, *grad_state)
-
-
-CELL_CLASSES: dict[CellType, type[PreRecurrentLayer]] = {
-    CellType.VRNN: PreVRNN,
-    CellType.LSTM: PreLSTM,
-    CellType.GRU: PreGRU,
-}
-
-
-def recurrent_layer_class(cell: CellType) -> type[PreRecurrentLayer]:
-    """The layer class for a cell type."""
-    return CELL_CLASSES[CellType(cell)]

@@ -1,0 +1,111 @@
+"""Which frames of a clip make its T steps, and how frames are grouped into steps.
+
+T steps are sampled per clip (:class:`Sampling`): ``uniform`` spreads them evenly
+over the clip, ``random`` draws a random stride and offset (the default for
+training, a temporal augmentation that never reverses time), ``dense`` cuts the
+clip into consecutive windows of T steps (every window is one example; for long
+videos). For a 3D backbone every step is a snippet of L consecutive frames
+(``InputSpec.snippet_length``). A clip shorter than one needs is *too short*: it
+is skipped and reported, like an unreadable one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+from torch import Tensor
+
+from prernn_cli.data.clips import Clip
+from prernn_cli.data.decoding import ClipReadError, count_frames
+
+
+class Sampling(str, Enum):
+    """How the T steps of a clip are chosen."""
+
+    UNIFORM = "uniform"
+    RANDOM = "random"
+    DENSE = "dense"
+
+
+def frames_needed(steps: int, snippet: int) -> int:
+    """The shortest clip that gives ``steps`` distinct steps of ``snippet`` frames."""
+    return snippet + steps - 1
+
+
+def step_starts(
+    num_frames: int,
+    steps: int,
+    snippet: int,
+    mode: Sampling,
+    rng: random.Random | None = None,
+    start: int | None = None,
+) -> list[int]:
+    """First frame of each of the ``steps`` steps (each step covers ``snippet`` frames).
+
+    ``rng`` is used by ``random`` sampling only; ``start`` is the first frame of a dense window.
+    Raises :class:`ClipReadError` when the clip is too short.
+    """
+    if num_frames < frames_needed(steps, snippet):
+        raise ClipReadError(
+            f"too short: {num_frames} frames, needs at least {frames_needed(steps, snippet)} for {steps} steps of {snippet}"
+        )
+    span = num_frames - snippet  # last possible start
+    if mode is Sampling.DENSE:
+        first = start or 0
+        return [first + i * snippet for i in range(steps)]
+    if mode is Sampling.RANDOM and rng is not None and steps > 1:
+        max_stride = span // (steps - 1)
+        min_stride = min(snippet, max_stride)
+        stride = rng.randint(min_stride, max_stride)
+        offset = rng.randint(0, span - stride * (steps - 1))
+        return [offset + i * stride for i in range(steps)]
+    if mode is Sampling.RANDOM and rng is not None:
+        return [rng.randint(0, span)]
+    if steps == 1:
+        return [span // 2]
+    return [round(i * span / (steps - 1)) for i in range(steps)]
+
+
+def frame_indices(starts: Sequence[int], snippet: int) -> list[int]:
+    """Every frame the steps starting at ``starts`` cover, step by step."""
+    return [s + j for s in starts for j in range(snippet)]
+
+
+def frames_to_steps(frames: Tensor, snippet: int) -> Tensor:
+    """Group frames ``[T*L, C, H, W]`` into snippet steps ``[T, C, L, H, W]``; ``snippet`` 1: frames are steps, unchanged.
+
+    Frames past the last whole snippet are dropped.
+    """
+    if snippet == 1:
+        return frames
+    usable = (frames.shape[0] // snippet) * snippet
+    c, h, w = frames.shape[1:]
+    return frames[:usable].view(usable // snippet, snippet, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def dense_windows(
+    clips: Sequence[Clip], steps: int, snippet: int, hop: int | None = None
+) -> tuple[list[Clip], list[tuple[Path, str]]]:
+    """Cut every clip into windows of ``steps`` consecutive steps (``hop`` frames apart; default no overlap).
+
+    Returns the windows and the clips skipped as unreadable or too short.
+    """
+    window = steps * snippet
+    hop = hop or window
+    out: list[Clip] = []
+    skipped: list[tuple[Path, str]] = []
+    for clip in clips:
+        try:
+            n = count_frames(clip.path)
+        except ClipReadError as error:
+            skipped.append((clip.path, str(error)))
+            continue
+        if n < window:
+            skipped.append((clip.path, f"too short: {n} frames, a dense window needs {window}"))
+            continue
+        for begin in range(0, n - window + 1, hop):
+            out.append(Clip(clip.path, clip.label, clip.targets, clip.sequence, start=begin, num_frames=n))
+    return out, skipped
