@@ -89,6 +89,7 @@ def _forward(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     def run():
         with torch.no_grad():
             return module(x)
+
     return run
 
 
@@ -97,6 +98,7 @@ def _forward_backward(module: nn.Module, x: torch.Tensor) -> Callable[[], object
         module.zero_grad(set_to_none=True)
         outputs = module(x)[0]
         outputs.sum().backward()
+
     return run
 
 
@@ -130,7 +132,16 @@ def bench_vs_torch(sizes, batch, steps, repeats, device) -> list[list[object]]:
             for label, candidate in candidates:
                 for mode, make in (("fwd", _forward), ("fwd+bwd", _forward_backward)):
                     t_ours, t_ref = interleaved([make(candidate, x), make(reference, x)], repeats, device)
-                    rows.append([f"{input_size}→{hidden}", label, mode, ms(t_ours), ms(t_ref), f"{median_ratio(t_ours, t_ref):.2f}"])
+                    rows.append(
+                        [
+                            f"{input_size}→{hidden}",
+                            label,
+                            mode,
+                            ms(t_ours),
+                            ms(t_ref),
+                            f"{median_ratio(t_ours, t_ref):.2f}",
+                        ]
+                    )
             del ours, reference, candidates
     return rows
 
@@ -149,10 +160,24 @@ def bench_sih(sizes, batch, steps, repeats, device) -> list[list[object]]:
         for cell in (CellType.LSTM, CellType.GRU):
             gd = _pre_layer(cell, input_size, hidden, False, device)
             sih = _pre_layer(cell, input_size, hidden, True, device)
-            t_sih, t_gd, t_gd_loop = interleaved([_forward(sih, x), _forward(gd, x), _forward(_OwnLoop(gd), x)], repeats, device)
-            flop_ratio = analytical_flops(cell, input_size, hidden, True) / analytical_flops(cell, input_size, hidden, False)
-            rows.append([f"{input_size}→{hidden}", cell.value, ms(t_sih), ms(t_gd), f"{median_ratio(t_sih, t_gd):.2f}",
-                         ms(t_gd_loop), f"{median_ratio(t_sih, t_gd_loop):.2f}", f"{flop_ratio:.2f}"])
+            t_sih, t_gd, t_gd_loop = interleaved(
+                [_forward(sih, x), _forward(gd, x), _forward(_OwnLoop(gd), x)], repeats, device
+            )
+            flop_ratio = analytical_flops(cell, input_size, hidden, True) / analytical_flops(
+                cell, input_size, hidden, False
+            )
+            rows.append(
+                [
+                    f"{input_size}→{hidden}",
+                    cell.value,
+                    ms(t_sih),
+                    ms(t_gd),
+                    f"{median_ratio(t_sih, t_gd):.2f}",
+                    ms(t_gd_loop),
+                    f"{median_ratio(t_sih, t_gd_loop):.2f}",
+                    f"{flop_ratio:.2f}",
+                ]
+            )
             del gd, sih
     return rows
 
@@ -173,8 +198,14 @@ def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
         base = build_architecture(arch).to(device).eval()
         spec = architecture_input(arch)
         if size is not None:
-            spec = InputSpec(frame_kind=spec.frame_kind, channels=spec.channels, size=(size, size),
-                             snippet_length=spec.snippet_length, mean=spec.mean, std=spec.std)
+            spec = InputSpec(
+                frame_kind=spec.frame_kind,
+                channels=spec.channels,
+                size=(size, size),
+                snippet_length=spec.snippet_length,
+                mean=spec.mean,
+                std=spec.std,
+            )
         frames = torch.randn(batch, steps, *spec.step_shape(), device=device)
         flat = frames.flatten(0, 1)
 
@@ -183,8 +214,16 @@ def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
                 return base(flat)
 
         plain_flops = _count_flops(plain)
-        for cell, sih in ((CellType.VRNN, False), (CellType.LSTM, False), (CellType.LSTM, True), (CellType.GRU, False), (CellType.GRU, True)):
-            model = convert(base, arch, spec, layers, cell, sih=sih, aliases=paper_aliases(arch, base)).to(device).eval()
+        for cell, sih in (
+            (CellType.VRNN, False),
+            (CellType.LSTM, False),
+            (CellType.LSTM, True),
+            (CellType.GRU, False),
+            (CellType.GRU, True),
+        ):
+            model = (
+                convert(base, arch, spec, layers, cell, sih=sih, aliases=paper_aliases(arch, base)).to(device).eval()
+            )
 
             def recurrent(model=model, frames=frames):
                 with torch.no_grad():
@@ -193,10 +232,17 @@ def bench_models(cases, batch, steps, repeats, device) -> list[list[object]]:
             flops = _count_flops(recurrent)
             t_model, t_plain = interleaved([recurrent, plain], repeats, device)
             design = f"{cell.value}{'-sih' if sih else ''}"
-            rows.append([
-                f"{arch}@{spec.size[0]}", ",".join(layers), design, ms(t_plain), ms(t_model),
-                f"{(median_ratio(t_model, t_plain) - 1) * 100:+.1f}%", f"{(flops / plain_flops - 1) * 100:+.1f}%",
-            ])
+            rows.append(
+                [
+                    f"{arch}@{spec.size[0]}",
+                    ",".join(layers),
+                    design,
+                    ms(t_plain),
+                    ms(t_model),
+                    f"{(median_ratio(t_model, t_plain) - 1) * 100:+.1f}%",
+                    f"{(flops / plain_flops - 1) * 100:+.1f}%",
+                ]
+            )
             del model
     return rows
 
@@ -243,16 +289,27 @@ def bench_memory() -> list[list[object]]:
         in_bytes = sum(t.numel() * t.element_size() for t in vgg.state_dict().values())
         del vgg
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, env=env, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, env=env, check=False
+        )
     if result.returncode != 0:
         raise RuntimeError(f"memory child failed: {result.stderr.strip().splitlines()[-1]}")
     data = json.loads(result.stdout.strip().splitlines()[-1])
     budget = 1.3 * (in_bytes + data["output_bytes"])
     gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
     peak, net = data["peak"], data["peak"] - data["baseline"]
-    return [[gib(in_bytes), gib(data["output_bytes"]), gib(data["baseline"]), gib(data["after_load_hwm"]), gib(peak),
-             f"{peak / (in_bytes + data['output_bytes']):.2f}", f"{net / (in_bytes + data['output_bytes']):.2f}",
-             "yes" if peak <= budget else "NO"]]
+    return [
+        [
+            gib(in_bytes),
+            gib(data["output_bytes"]),
+            gib(data["baseline"]),
+            gib(data["after_load_hwm"]),
+            gib(peak),
+            f"{peak / (in_bytes + data['output_bytes']):.2f}",
+            f"{net / (in_bytes + data['output_bytes']):.2f}",
+            "yes" if peak <= budget else "NO",
+        ]
+    ]
 
 
 # ---------------------------------------------------------------------- main
@@ -271,8 +328,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     only = {int(part) for part in args.only.split(",")}
     device = args.device
-    print(f"# bench_cells  torch {torch.__version__}  device={device}  threads={torch.get_num_threads()}  "
-          f"repeats={args.repeats} (medians, interleaved)  quick={args.quick}")
+    print(
+        f"# bench_cells  torch {torch.__version__}  device={device}  threads={torch.get_num_threads()}  "
+        f"repeats={args.repeats} (medians, interleaved)  quick={args.quick}"
+    )
 
     if args.quick:
         sizes, batch, steps = [(256, 256), (1024, 512)], 4, 8
@@ -280,33 +339,69 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         sizes, batch, steps = [(256, 256), (1024, 512), (4096, 4096)], 8, 16
         model_cases = [
-            ("vgg11", 64, ["fc6"]), ("vgg11", 64, ["fc7"]),
-            ("digit_vgg", None, ["fc6"]), ("digit_resnet", None, ["res5c"]), ("resnet18", 112, ["res5c"]),
+            ("vgg11", 64, ["fc6"]),
+            ("vgg11", 64, ["fc7"]),
+            ("digit_vgg", None, ["fc6"]),
+            ("digit_resnet", None, ["res5c"]),
+            ("resnet18", 112, ["res5c"]),
         ]
         mb, mt = 2, 8
     if 1 in only:
         rows = bench_vs_torch(sizes, batch, steps, args.repeats, device)
-        print_table(f"1. Pre-layer (gate-dependent, fc) vs torch.nn  [B={batch}, T={steps}], ms",
-                    ["in→H", "cell", "pass", "Pre-layer", "torch.nn", "ratio"], rows)
-        print("   lstm: a gate-dependent fc PreLSTM is an nn.LSTM with bias_hh = 0 and runs as torch.lstm on CPU;\n"
-              "   'own loop' is the route of SIH and conv layers. Our GRU is Cho's form (reset before W_hh), "
-              "torch.nn.GRU applies r after W_hn h.")
+        print_table(
+            f"1. Pre-layer (gate-dependent, fc) vs torch.nn  [B={batch}, T={steps}], ms",
+            ["in→H", "cell", "pass", "Pre-layer", "torch.nn", "ratio"],
+            rows,
+        )
+        print(
+            "   lstm: a gate-dependent fc PreLSTM is an nn.LSTM with bias_hh = 0 and runs as torch.lstm on CPU;\n"
+            "   'own loop' is the route of SIH and conv layers. Our GRU is Cho's form (reset before W_hh), "
+            "torch.nn.GRU applies r after W_hn h."
+        )
     if 2 in only:
         rows = bench_sih(sizes, batch, steps, args.repeats, device)
-        print_table(f"2. SIH vs gate-dependent, forward  [B={batch}, T={steps}], ms",
-                    ["in→H", "cell", "SIH", "gate-dep", "time ratio", "gate-dep, own loop", "time ratio, same route", "FLOP ratio"], rows)
-        print("   FLOPs per frame: in·copies·H·2 (projection) + G·H²·2 (recurrence). A small gate-dependent LSTM runs as\n"
-              "   torch.lstm (fused, no per-step dispatch); SIH always runs the layer's own loop, so 'same route' isolates the design.")
+        print_table(
+            f"2. SIH vs gate-dependent, forward  [B={batch}, T={steps}], ms",
+            [
+                "in→H",
+                "cell",
+                "SIH",
+                "gate-dep",
+                "time ratio",
+                "gate-dep, own loop",
+                "time ratio, same route",
+                "FLOP ratio",
+            ],
+            rows,
+        )
+        print(
+            "   FLOPs per frame: in·copies·H·2 (projection) + G·H²·2 (recurrence). A small gate-dependent LSTM runs as\n"
+            "   torch.lstm (fused, no per-step dispatch); SIH always runs the layer's own loop, so 'same route' isolates the design."
+        )
     if 3 in only:
         rows = bench_models(model_cases, mb, mt, args.repeats, device)
-        print_table(f"3. Whole PreRNN model vs the plain CNN on the same B·T={mb * mt} frames, forward, ms",
-                    ["model", "layer", "design", "CNN", "PreRNN", "time overhead", "extra FLOPs"], rows)
+        print_table(
+            f"3. Whole PreRNN model vs the plain CNN on the same B·T={mb * mt} frames, forward, ms",
+            ["model", "layer", "design", "CNN", "PreRNN", "time overhead", "extra FLOPs"],
+            rows,
+        )
         print("   FLOPs counted with torch.utils.flop_counter (matmul/conv only)")
     if 4 in only and device == "cpu":
         rows = bench_memory()
-        print_table("4. Peak memory: load vgg16 state_dict + convert fc6 → gate-dependent LSTM (fresh process), GiB",
-                    ["input model", "output model", "baseline RSS", "HWM after load", "peak RSS", "peak/(in+out)",
-                     "(peak-baseline)/(in+out)", "≤ 1.3×"], rows)
+        print_table(
+            "4. Peak memory: load vgg16 state_dict + convert fc6 → gate-dependent LSTM (fresh process), GiB",
+            [
+                "input model",
+                "output model",
+                "baseline RSS",
+                "HWM after load",
+                "peak RSS",
+                "peak/(in+out)",
+                "(peak-baseline)/(in+out)",
+                "≤ 1.3×",
+            ],
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,15 @@ def paired_medians_ms(fns, repeats: int, warmup: int) -> list[float]:
 def export_all(model, name: str, steps: int, threads: int, folder: Path, row: dict) -> dict[str, Path]:
     """The chunk (T steps), step (T = 1) and fp16 chunk exports; their time and size go into ``row``."""
     exported = {}
-    for label, kwargs in (("chunk", dict(steps=steps)), ("step", dict(steps=1)), ("chunk_fp16", dict(steps=steps, half=True))):
+    for label, kwargs in (
+        ("chunk", dict(steps=steps)),
+        ("step", dict(steps=1)),
+        ("chunk_fp16", dict(steps=steps, half=True)),
+    ):
         start = time.perf_counter()
-        result = export_onnx(model, folder / f"{name}.{label}.onnx", OnnxExportSpec.create(model.spec, **kwargs), threads=threads)
+        result = export_onnx(
+            model, folder / f"{name}.{label}.onnx", OnnxExportSpec.create(model.spec, **kwargs), threads=threads
+        )
         row[f"export_s_{label}"] = round(time.perf_counter() - start, 2)
         row[f"size_mb_{label}"] = round(result.size_bytes / 1e6, 3)
         exported[label] = result.path
@@ -85,14 +91,25 @@ def export_all(model, name: str, steps: int, threads: int, folder: Path, row: di
     return exported
 
 
-def chunk_latency(model, spec: OnnxExportSpec, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, threads: int, row: dict) -> None:
+def chunk_latency(
+    model,
+    spec: OnnxExportSpec,
+    exported: dict[str, Path],
+    frames: torch.Tensor,
+    repeats: int,
+    warmup: int,
+    threads: int,
+    row: dict,
+) -> None:
     """One T-step call from zero state, batch 1: eager vs onnxruntime (fp32, and fp16 on the CPU provider)."""
     state = flatten_state(model.initial_state(1))
     cpu = open_session(exported["chunk"], threads=threads)
     feeds = {"frames": frames.numpy(), **{n: s.numpy() for n, s in zip(spec.state_inputs, state)}}
     with torch.inference_mode():
         row["eager_chunk_ms"], row["ort_chunk_ms"] = paired_medians_ms(
-            [lambda: model(frames, unflatten_state(state, model.spec.cell)), lambda: cpu.run(None, feeds)], repeats, warmup
+            [lambda: model(frames, unflatten_state(state, model.spec.cell)), lambda: cpu.run(None, feeds)],
+            repeats,
+            warmup,
         )
     row["chunk_ratio"] = row["ort_chunk_ms"] / row["eager_chunk_ms"]
     half = open_session(exported["chunk_fp16"], threads=threads)
@@ -124,13 +141,19 @@ def ort_stream(streamer: OnnxStreamer, numpy_steps: np.ndarray):
     return run
 
 
-def step_latency(model, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, threads: int, row: dict) -> None:
+def step_latency(
+    model, exported: dict[str, Path], frames: torch.Tensor, repeats: int, warmup: int, threads: int, row: dict
+) -> None:
     """Per step over a T-step stream, state carried: eager vs the step model, with and without IO binding."""
     steps = frames.shape[1]
     step_frames = [frames[:, t : t + 1] for t in range(steps)]
     bound = OnnxStreamer(exported["step"], Provider.CPU, io_binding=True, threads=threads)
     plain = OnnxStreamer(exported["step"], Provider.CPU, io_binding=False, threads=threads)
-    contenders = [eager_stream(model, step_frames), ort_stream(bound, frames[0].numpy()), ort_stream(plain, frames[0].numpy())]
+    contenders = [
+        eager_stream(model, step_frames),
+        ort_stream(bound, frames[0].numpy()),
+        ort_stream(plain, frames[0].numpy()),
+    ]
     with torch.inference_mode():
         medians = paired_medians_ms(contenders, repeats, warmup)
     row["eager_step_ms"], row["ort_step_ms"], row["ort_step_ms_nobind"] = (m / steps for m in medians)
@@ -148,11 +171,17 @@ def gpu_latency(model, exported: dict[str, Path], frames: torch.Tensor, repeats:
     gpu_frames = frames.cuda()
     gpu_steps = [gpu_frames[:, t : t + 1] for t in range(steps)]
     with torch.inference_mode():
-        row["cuda_eager_chunk_ms"] = median_ms(lambda: (gpu_model(gpu_frames), torch.cuda.synchronize()), repeats, warmup)
-        row["cuda_eager_step_ms"] = median_ms(eager_stream(gpu_model, gpu_steps, synchronize=True), repeats, warmup) / steps
+        row["cuda_eager_chunk_ms"] = median_ms(
+            lambda: (gpu_model(gpu_frames), torch.cuda.synchronize()), repeats, warmup
+        )
+        row["cuda_eager_step_ms"] = (
+            median_ms(eager_stream(gpu_model, gpu_steps, synchronize=True), repeats, warmup) / steps
+        )
     for binding in (True, False):
         streamer = OnnxStreamer(exported["step"], Provider.CUDA, io_binding=binding)
-        row[f"cuda_ort_step_ms{'' if binding else '_nobind'}"] = median_ms(ort_stream(streamer, frames[0].numpy()), repeats, warmup) / steps
+        row[f"cuda_ort_step_ms{'' if binding else '_nobind'}"] = (
+            median_ms(ort_stream(streamer, frames[0].numpy()), repeats, warmup) / steps
+        )
     model.cpu()
 
 
@@ -186,9 +215,15 @@ def render(rows: list[dict], meta: dict) -> str:
         )
     gpu = [r for r in rows if "cuda_ort_step_ms" in r]
     if gpu:
-        lines += ["", "| model | CUDA eager step ms | CUDA ORT step ms (IO binding) | CUDA ORT step ms (plain) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | CUDA eager step ms | CUDA ORT step ms (IO binding) | CUDA ORT step ms (plain) |",
+            "|---|---|---|---|",
+        ]
         for r in gpu:
-            lines.append(f"| {r['model']} | {r['cuda_eager_step_ms']:.3f} | {r['cuda_ort_step_ms']:.3f} | {r['cuda_ort_step_ms_nobind']:.3f} |")
+            lines.append(
+                f"| {r['model']} | {r['cuda_eager_step_ms']:.3f} | {r['cuda_ort_step_ms']:.3f} | {r['cuda_ort_step_ms_nobind']:.3f} |"
+            )
     else:
         lines += ["", "No usable GPU: CUDA provider not measured."]
     return "\n".join(lines)

@@ -69,15 +69,31 @@ def build_model(traditional: bool = False) -> nn.Module:
     weights = ROOT / "sample_models" / "digit_vgg.pt"
     if weights.exists():
         base.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return convert(base, "digit_vgg", architecture_input("digit_vgg"), ["classifier.0"], CellType.GRU,
-                   sih=not traditional, traditional=traditional, head=HeadKind.CLASSIFY, outputs=2)
+    return convert(
+        base,
+        "digit_vgg",
+        architecture_input("digit_vgg"),
+        ["classifier.0"],
+        CellType.GRU,
+        sih=not traditional,
+        traditional=traditional,
+        head=HeadKind.CLASSIFY,
+        outputs=2,
+    )
 
 
 def end_to_end(splits, args, out: Path, frame_cache: Path | None = None) -> float:
     model = build_model()
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, steps=args.steps, workers=args.workers,
-                         device="cpu", augment=True, sampling=Sampling.RANDOM,
-                         frame_cache=str(frame_cache) if frame_cache else None)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        workers=args.workers,
+        device="cpu",
+        augment=True,
+        sampling=Sampling.RANDOM,
+        frame_cache=str(frame_cache) if frame_cache else None,
+    )
     result = train(model, splits, out, config)
     rates = [row["clips_per_s"] for row in result.history[1:]]  # first epoch: warm-up
     return statistics.median(rates)
@@ -138,7 +154,9 @@ def plain_traditional(batches, args) -> float:
         start, clips = time.perf_counter(), 0
         for batch in batches:
             outputs = model(batch["frames"])
-            loss = nn.functional.cross_entropy(outputs.flatten(0, 1), batch["label"].repeat_interleave(outputs.shape[1]))
+            loss = nn.functional.cross_entropy(
+                outputs.flatten(0, 1), batch["label"].repeat_interleave(outputs.shape[1])
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -162,7 +180,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        clips = args.clips if args.clips and args.clips.exists() else synthetic_clips(Path(tmp) / "clips", args.per_class)
+        clips = (
+            args.clips if args.clips and args.clips.exists() else synthetic_clips(Path(tmp) / "clips", args.per_class)
+        )
         splits = discover(clips, val_fraction=0.0)
         if splits.source == "split folders":
             splits.train = splits.train + splits.val
@@ -172,20 +192,30 @@ def main() -> None:
         for repeat in range(args.repeats):
             e2e.append(end_to_end(splits, args, Path(tmp) / f"run{repeat}"))
             # a fresh cache each repeat: its first epoch decodes and fills it, and is dropped as the warm-up
-            cached.append(end_to_end(splits, args, Path(tmp) / f"cached{repeat}", frame_cache=Path(tmp) / f"cache{repeat}"))
+            cached.append(
+                end_to_end(splits, args, Path(tmp) / f"cached{repeat}", frame_cache=Path(tmp) / f"cache{repeat}")
+            )
             alone.append(compute_alone(batches, args))
             plain.append(plain_traditional(batches, args))
     result = {
-        "clips": len(splits.train), "batch_size": args.batch_size, "steps": args.steps, "workers": args.workers,
-        "threads": torch.get_num_threads(), "device": "cpu",
+        "clips": len(splits.train),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
         "end_to_end_clips_per_s": statistics.median(e2e),
         "end_to_end_frame_cache_clips_per_s": statistics.median(cached),
         "compute_alone_clips_per_s": statistics.median(alone),
         "plain_traditional_clips_per_s": statistics.median(plain),
     }
     result["ratio_end_to_end_vs_compute"] = result["end_to_end_clips_per_s"] / result["compute_alone_clips_per_s"]
-    result["ratio_frame_cache_vs_compute"] = result["end_to_end_frame_cache_clips_per_s"] / result["compute_alone_clips_per_s"]
-    result["ratio_end_to_end_vs_plain_traditional"] = result["end_to_end_clips_per_s"] / result["plain_traditional_clips_per_s"]
+    result["ratio_frame_cache_vs_compute"] = (
+        result["end_to_end_frame_cache_clips_per_s"] / result["compute_alone_clips_per_s"]
+    )
+    result["ratio_end_to_end_vs_plain_traditional"] = (
+        result["end_to_end_clips_per_s"] / result["plain_traditional_clips_per_s"]
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return

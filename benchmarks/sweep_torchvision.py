@@ -49,8 +49,12 @@ def model_families() -> dict[str, Optional[str]]:
     """Every torchvision model name → None (swept) or the reason it is skipped."""
     swept = set(models.list_models(module=models)) | set(models.list_models(module=models.video))
     skipped = {}
-    for module, what in ((models.detection, "detection"), (models.segmentation, "segmentation"),
-                         (models.optical_flow, "optical flow"), (models.quantization, "quantized")):
+    for module, what in (
+        (models.detection, "detection"),
+        (models.segmentation, "segmentation"),
+        (models.optical_flow, "optical flow"),
+        (models.quantization, "quantized"),
+    ):
         for name in models.list_models(module=module):
             skipped[name] = f"skipped: {what} model (prernn converts classification/video backbones)"
     result: dict[str, Optional[str]] = {}
@@ -69,8 +73,14 @@ def smallest_input(name: str, model: torch.nn.Module):
     candidates.append((default.snippet_length, default.size[0]))  # the default always last (mvit: 16x224 only)
     errors = []
     for length, size in candidates:
-        spec = InputSpec(frame_kind=default.frame_kind, channels=default.channels, size=(size, size),
-                         snippet_length=length, mean=default.mean, std=default.std)
+        spec = InputSpec(
+            frame_kind=default.frame_kind,
+            channels=default.channels,
+            size=(size, size),
+            snippet_length=length,
+            mean=default.mean,
+            std=default.std,
+        )
         try:
             with torch.no_grad():
                 model(torch.randn(1, *spec.step_shape()))
@@ -118,13 +128,17 @@ def sweep_one(name: str, max_layers: int) -> dict:
                     entry["results"][design] = "ok"
                     del converted
                 except Exception as error:  # noqa: BLE001 - the sweep records every failure
-                    entry["results"][design] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                    entry["results"][design] = (
+                        f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                    )
                     entry.setdefault("traceback", traceback.format_exc(limit=-6))
                     record["status"] = "fail"
             record["layers"].append(entry)
     except Exception as error:  # noqa: BLE001
         record["status"] = "error"
-        record["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        record["error"] = (
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+        )
         record["traceback"] = traceback.format_exc(limit=-6)
     record["seconds"] = round(time.perf_counter() - start, 1)
     return record
@@ -137,12 +151,23 @@ def run_isolated(name: str, max_layers: int, timeout: float, threads: int) -> di
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"model": name, "status": "timeout", "error": f"over the {timeout:.0f} s cap", "layers": [], "seconds": timeout}
+        return {
+            "model": name,
+            "status": "timeout",
+            "error": f"over the {timeout:.0f} s cap",
+            "layers": [],
+            "seconds": timeout,
+        }
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": name, "status": "crash", "error": f"exit {result.returncode}: {tail[:200]}", "layers": [],
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {
+            "model": name,
+            "status": "crash",
+            "error": f"exit {result.returncode}: {tail[:200]}",
+            "layers": [],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     return json.loads(lines[-1])
 
 
@@ -157,14 +182,19 @@ def summarize(record: dict) -> str:
     parts = []
     for entry in record["layers"]:
         bad = {d: r for d, r in entry["results"].items() if r != "ok"}
-        parts.append(f"{entry['layer']}[{entry['kind']}] " + ("OK" if not bad else "FAIL " + "; ".join(f"{d}: {r}" for d, r in bad.items())))
+        parts.append(
+            f"{entry['layer']}[{entry['kind']}] "
+            + ("OK" if not bad else "FAIL " + "; ".join(f"{d}: {r}" for d, r in bad.items()))
+        )
     return ", ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names (default: every torchvision model)")
-    parser.add_argument("--max-layers", type=int, default=3, help="convert at most the last N convertible layers per model")
+    parser.add_argument(
+        "--max-layers", type=int, default=3, help="convert at most the last N convertible layers per model"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8))
     parser.add_argument("--json", type=Path, help="also write every record (with tracebacks) here")
@@ -178,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     families = model_families()
     names = args.models or list(families)
     records = []
-    print(f"# sweep: {len(names)} models, last {args.max_layers} convertible layers, designs "
-          f"{', '.join(c + ('-sih' if s else '') for c, s in DESIGNS)}, cap {args.timeout:.0f} s/model", flush=True)
+    print(
+        f"# sweep: {len(names)} models, last {args.max_layers} convertible layers, designs "
+        f"{', '.join(c + ('-sih' if s else '') for c, s in DESIGNS)}, cap {args.timeout:.0f} s/model",
+        flush=True,
+    )
     for name in names:
         skip = families.get(name)
         if skip:
@@ -190,7 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = summarize(record)
         records.append(record)
         shape = "x".join(map(str, record.get("input", []))) or "-"
-        print(f"{name:28s} {shape:14s} {record.get('num_convertible', '-')!s:>4} {record['seconds']:6.1f}s  {line}", flush=True)
+        print(
+            f"{name:28s} {shape:14s} {record.get('num_convertible', '-')!s:>4} {record['seconds']:6.1f}s  {line}",
+            flush=True,
+        )
         if record.get("traceback") and record["status"] != "ok":
             print("    " + record["traceback"].strip().replace("\n", "\n    "), flush=True)
         for entry in record.get("layers", []):
@@ -206,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     conversions = sum(len(e["results"]) for r in records for e in r["layers"])
     conversions_ok = sum(v == "ok" for r in records for e in r["layers"] for v in e["results"].values())
     print(f"\n# summary: {len(records)} models: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    print(f"# conversions run: {conversions_ok}/{conversions} OK "
-          f"({sum(len(r['layers']) for r in records)} layers × {len(DESIGNS)} designs)")
+    print(
+        f"# conversions run: {conversions_ok}/{conversions} OK "
+        f"({sum(len(r['layers']) for r in records)} layers × {len(DESIGNS)} designs)"
+    )
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1

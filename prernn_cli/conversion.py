@@ -84,11 +84,17 @@ def _check_design(
 ) -> None:
     """Raise ConversionError for a combination of options that names no design."""
     if sih and cell is CellType.VRNN:
-        raise ConversionError("SIH needs several gates sharing one input-to-hidden state, and a VRNN has one gate; use --cell lstm or gru, or drop --sih")
+        raise ConversionError(
+            "SIH needs several gates sharing one input-to-hidden state, and a VRNN has one gate; use --cell lstm or gru, or drop --sih"
+        )
     if sih and traditional:
-        raise ConversionError("--sih and --traditional exclude each other: SIH shares a pretrained layer between gates, the traditional design has none")
+        raise ConversionError(
+            "--sih and --traditional exclude each other: SIH shares a pretrained layer between gates, the traditional design has none"
+        )
     if head is not HeadKind.ORIGINAL and (outputs is None or outputs < 1):
-        raise ConversionError(f"a new head needs a positive number of outputs, got {outputs}; pass e.g. --num-classes 10")
+        raise ConversionError(
+            f"a new head needs a positive number of outputs, got {outputs}; pass e.g. --num-classes 10"
+        )
     if hidden_size is not None and hidden_size < 1:
         raise ConversionError(f"--hidden-size must be positive, got {hidden_size}")
     if hidden_size is not None and not traditional:
@@ -105,7 +111,10 @@ def _converted_layer_specs(resolved: Sequence[LayerReport]) -> tuple[RecurrentLa
     """One recurrent layer per converted layer, with the pretrained layer's sizes and activation."""
     return tuple(
         RecurrentLayerSpec(
-            name=layer.name, kind=layer.kind, hidden_size=layer.hidden_size, input_size=layer.input_size,
+            name=layer.name,
+            kind=layer.kind,
+            hidden_size=layer.hidden_size,
+            input_size=layer.input_size,
             activation=layer.activation or "identity",
         )
         for layer in resolved
@@ -117,12 +126,17 @@ def _traditional_layer_spec(
 ) -> RecurrentLayerSpec:
     """The one new layer on the feature vector, sized to PreRNN's recurrent parameters for ``resolved``."""
     if report.feature_size is None:
-        raise LayerError("the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it")
+        raise LayerError(
+            "the network's output layer does not take one feature vector per frame, so a traditional layer cannot sit under it"
+        )
     target = sum(prernn_params(LayerShape.from_report(layer, report), cell) for layer in resolved)
     size = hidden_size or match_traditional_hidden_size(target, report.feature_size, cell)
     log.info("traditional %s: hidden size %d matched to PreRNN's %d recurrent parameters", cell.value, size, target)
     return RecurrentLayerSpec(
-        name=report.output_layer, kind=LayerKind.NEW, hidden_size=size, input_size=report.feature_size,
+        name=report.output_layer,
+        kind=LayerKind.NEW,
+        hidden_size=size,
+        input_size=report.feature_size,
         activation=TRADITIONAL_ACTIVATION,
     )
 
@@ -185,7 +199,9 @@ def convert(
 def _head_choice(num_classes: Optional[int], outputs: Optional[int]) -> tuple[HeadKind, Optional[int]]:
     """The head ``--num-classes`` / ``--outputs`` ask for, and its size (the original head when neither)."""
     if num_classes is not None and outputs is not None:
-        raise ConversionError("--num-classes and --outputs exclude each other: a head classifies or regresses; give one")
+        raise ConversionError(
+            "--num-classes and --outputs exclude each other: a head classifies or regresses; give one"
+        )
     head, head_size = HeadKind.ORIGINAL, None
     if num_classes is not None:
         head, head_size = HeadKind.CLASSIFY, num_classes
@@ -201,7 +217,9 @@ def _load_base(checkpoint: Path, arch: Optional[str], trust_pickle: bool) -> Loa
     """Load the pretrained network to convert; raise for a converted model or an unknown architecture."""
     loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
     if loaded.format is CheckpointFormat.PRERNN:
-        raise ConversionError(f"{checkpoint} is already a converted prernn model; convert the original checkpoint instead")
+        raise ConversionError(
+            f"{checkpoint} is already a converted prernn model; convert the original checkpoint instead"
+        )
     if loaded.architecture is None:
         raise ConversionError(
             f"{checkpoint} is a {loaded.format.value} whose architecture is unknown, so a converted model could not be "
@@ -211,7 +229,11 @@ def _load_base(checkpoint: Path, arch: Optional[str], trust_pickle: bool) -> Loa
 
 
 def _summarise(
-    output: Path, loaded: LoadedCheckpoint, model: RecurrentModel, report: NetworkReport, resolved: Sequence[LayerReport]
+    output: Path,
+    loaded: LoadedCheckpoint,
+    model: RecurrentModel,
+    report: NetworkReport,
+    resolved: Sequence[LayerReport],
 ) -> ConversionResult:
     """What was converted, as the CLI shows it: layers, sizes, parameter counts, Table 3's ratio."""
     shapes = [LayerShape.from_report(layer, report) for layer in resolved]
@@ -262,8 +284,19 @@ def convert_checkpoint(
     with torch.random.fork_rng(devices=[]):  # seeded new weights, the caller's RNG state untouched
         torch.manual_seed(seed)
         model = convert(
-            base, loaded.architecture, loaded.input_spec, layers, cell, sih=sih, traditional=traditional,
-            head=head, outputs=head_size, init_hh=init_hh, aliases=aliases, hidden_size=hidden_size, report=report,
+            base,
+            loaded.architecture,
+            loaded.input_spec,
+            layers,
+            cell,
+            sih=sih,
+            traditional=traditional,
+            head=head,
+            outputs=head_size,
+            init_hh=init_hh,
+            aliases=aliases,
+            hidden_size=hidden_size,
+            report=report,
         )
     save_converted(model, output)
     resolved = [report.get(aliases.get(name, name)) for name in layers]

@@ -73,35 +73,66 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
     peak = matrix.max() if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > peak / 2 else "black",
+                fontsize=8,
+            )
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def _split_clips(model: nn.Module, data: Path, split: str, val_fraction: float, task: Task | None) -> tuple[DataSplits, list]:
+def _split_clips(
+    model: nn.Module, data: Path, split: str, val_fraction: float, task: Task | None
+) -> tuple[DataSplits, list]:
     """The data's splits and the clips of ``split``, checked against what the model was trained on."""
     spec = model.spec
     task = task or (Task(spec.task) if spec.task else None)
     splits = discover(Path(data), val_fraction=val_fraction, task=task)
     check_targets(splits)
     if spec.class_names and splits.task is not Task.REGRESS and tuple(spec.class_names) != tuple(splits.class_names):
-        raise DataError(f"the model was trained on classes {list(spec.class_names)} but {data} has {list(splits.class_names)}; evaluate on data with the same classes")
+        raise DataError(
+            f"the model was trained on classes {list(spec.class_names)} but {data} has {list(splits.class_names)}; evaluate on data with the same classes"
+        )
     check_model_outputs(model, splits.task, splits.num_outputs)
     clips = splits.split(split)
     if not clips:
-        raise DataError(f"split {split!r} of {data} has no clips; use --split train, or add a val folder / --val-fraction")
+        raise DataError(
+            f"split {split!r} of {data} has no clips; use --split train, or add a val folder / --val-fraction"
+        )
     return splits, clips
 
 
-def _loader(spec: InputSpec, clips: list, task: Task, steps: int, batch_size: int, sampling: Sampling, workers: int, frame_cache: Path | None, skipped: list) -> DataLoader:
+def _loader(
+    spec: InputSpec,
+    clips: list,
+    task: Task,
+    steps: int,
+    batch_size: int,
+    sampling: Sampling,
+    workers: int,
+    frame_cache: Path | None,
+    skipped: list,
+) -> DataLoader:
     """Clips in order, ``steps`` uniform steps each (every dense window with DENSE); too-short clips go to ``skipped``."""
     if sampling is Sampling.DENSE:
         clips, bad = dense_windows(clips, steps, spec.frames_per_step)
         skipped += [(str(p), r) for p, r in bad]
     cache = FrameCache.open(Path(frame_cache), spec) if frame_cache else None
-    dataset = ClipDataset(clips, spec, task, steps=steps, sampling=Sampling.UNIFORM if sampling is Sampling.RANDOM else sampling, frame_cache=cache)
+    dataset = ClipDataset(
+        clips,
+        spec,
+        task,
+        steps=steps,
+        sampling=Sampling.UNIFORM if sampling is Sampling.RANDOM else sampling,
+        frame_cache=cache,
+    )
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
 
 
@@ -120,7 +151,9 @@ def _write_report(result: EvaluationResult, matrix: np.ndarray | None, output_di
     output_dir.mkdir(parents=True, exist_ok=True)
     if matrix is not None:
         png = output_dir / f"confusion_{result.split}.png"
-        plot_confusion(matrix, result.class_names, png, title=f"{result.split}: accuracy {result.metrics['accuracy']:.3f}")
+        plot_confusion(
+            matrix, result.class_names, png, title=f"{result.split}: accuracy {result.metrics['accuracy']:.3f}"
+        )
         result.files["confusion_png"] = str(png)
     report = output_dir / f"evaluation_{result.split}.json"
     result.files["report_json"] = str(report)
@@ -160,7 +193,9 @@ def evaluate(
     loader = _loader(model.spec.input, clips, task, steps, batch_size, sampling, workers, frame_cache, skipped)
     acc = run_model(model, loader, task, dev, options or MetricOptions(), amp=amp, skipped=skipped, strict=strict)
     if acc.clips == 0:
-        raise DataError(f"no usable clips in split {split!r} of {data} ({len(skipped)} skipped); see the warnings for why")
+        raise DataError(
+            f"no usable clips in split {split!r} of {data} ({len(skipped)} skipped); see the warnings for why"
+        )
     metrics = acc.metrics()
     metrics["skipped"] = len(skipped)
     per_class, matrix = _per_class(acc, splits.class_names) if task is Task.CLASSIFY else ({}, None)

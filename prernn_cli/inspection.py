@@ -24,7 +24,15 @@ from prernn_cli.params import ALL_CELLS, LayerShape, ParamsReport, count_paramet
 from prernn_cli.spec import CellType, InputSpec, ModelSpec
 from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
 
-__all__ = ["Inspection", "RecurrentLayerRow", "account_checkpoint", "account_layers", "inspect_checkpoint", "inspect_loaded", "is_weight_layer"]
+__all__ = [
+    "Inspection",
+    "RecurrentLayerRow",
+    "account_checkpoint",
+    "account_layers",
+    "inspect_checkpoint",
+    "inspect_loaded",
+    "is_weight_layer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +83,11 @@ class Inspection:
         """The layers to list: every module with ``show_all``, else the fc/conv layers."""
         if self.network is None:
             return []
-        return list(self.network.layers) if show_all else [layer for layer in self.network.layers if is_weight_layer(layer)]
+        return (
+            list(self.network.layers)
+            if show_all
+            else [layer for layer in self.network.layers if is_weight_layer(layer)]
+        )
 
     def convertible(self) -> list[LayerReport]:
         return self.network.convertible() if self.network is not None else []
@@ -142,8 +154,14 @@ def _recurrent_rows(model: nn.Module, spec: ModelSpec, aliases: dict[str, str]) 
         params = sum(p.numel() for p in layers[index].parameters()) if layers is not None and index < len(layers) else 0
         rows.append(
             RecurrentLayerRow(
-                index=index, name=layer_spec.name, alias=by_name.get(layer_spec.name), kind=layer_spec.kind.value, input_size=layer_spec.input_size,
-                hidden_size=layer_spec.hidden_size, activation=layer_spec.activation, params=params,
+                index=index,
+                name=layer_spec.name,
+                alias=by_name.get(layer_spec.name),
+                kind=layer_spec.kind.value,
+                input_size=layer_spec.input_size,
+                hidden_size=layer_spec.hidden_size,
+                activation=layer_spec.activation,
+                params=params,
             )
         )
     return tuple(rows)

@@ -71,7 +71,12 @@ def _onednn_linear_available() -> bool:
 
 def _plain_eager_cpu(tensors: Sequence[Tensor]) -> bool:
     """Ordinary eager execution on plain CPU tensors: no export, compile, trace, dispatch mode or CPU autocast."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    ):
         return False
     if _get_current_dispatch_mode() is not None or torch.is_autocast_enabled("cpu"):
         return False
@@ -125,7 +130,9 @@ class WeightProduct:
         self.onednn = False
         if elements >= ONEDNN_MIN_ELEMENTS and onednn_usable(weight, *operands):
             self.onednn = True
-            if weight.is_contiguous() and ((uses >= PACK_MIN_USES and elements <= PACK_MAX_ELEMENTS) or uses >= PACK_ALWAYS_USES):
+            if weight.is_contiguous() and (
+                (uses >= PACK_MIN_USES and elements <= PACK_MAX_ELEMENTS) or uses >= PACK_ALWAYS_USES
+            ):
                 self.kernel_weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
 
     def mm(self, x: Tensor) -> Tensor:

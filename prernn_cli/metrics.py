@@ -27,35 +27,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prernn_cli.choices import ClipPool, ErrorNorm
 from prernn_cli.devices import autocast_context
 from prernn_cli.errors import DataError, UserInputError
 from prernn_cli.spec import HeadKind, Task
 
 logger = logging.getLogger(__name__)
-
-
-class ClipPool(str, Enum):
-    """How per-step class scores become one clip prediction."""
-
-    MEAN = "mean"  # mean of per-step log-probabilities
-    LAST = "last"  # the last step's log-probabilities
-
-
-class ErrorNorm(str, Enum):
-    """Normaliser of the per-frame regression error."""
-
-    NONE = "none"
-    BBOX = "bbox"  # diagonal of the target points' bounding box
-    POINTS = "points"  # distance between two target points (e.g. outer eye corners)
 
 
 @dataclass(frozen=True)
@@ -78,12 +63,22 @@ def task_loss(task: Task, outputs: Tensor, batch: dict) -> Tensor:
     if task is Task.REGRESS:
         targets = batch["targets"].to(outputs.device)
         if targets.shape != outputs.shape:
-            raise DataError(f"targets have shape {tuple(targets.shape[1:])} per clip but the model gives {tuple(outputs.shape[1:])}; convert the model with K={targets.shape[-1]} outputs")
+            raise DataError(
+                f"targets have shape {tuple(targets.shape[1:])} per clip but the model gives {tuple(outputs.shape[1:])}; convert the model with K={targets.shape[-1]} outputs"
+            )
         return F.mse_loss(outputs, targets)
     log_probs = F.log_softmax(outputs, dim=-1).transpose(0, 1)  # T, B, K
     b = outputs.shape[0]
     input_lengths = torch.full((b,), outputs.shape[1], dtype=torch.long)
-    return F.ctc_loss(log_probs, batch["sequence"].to(outputs.device), input_lengths, batch["sequence_lengths"], blank=0, reduction="mean", zero_infinity=True)
+    return F.ctc_loss(
+        log_probs,
+        batch["sequence"].to(outputs.device),
+        input_lengths,
+        batch["sequence_lengths"],
+        blank=0,
+        reduction="mean",
+        zero_infinity=True,
+    )
 
 
 # ---------------------------------------------------------------- accumulating predictions
@@ -142,21 +137,33 @@ class Accumulator:
 
     def to_json(self) -> str:
         """Partial results as JSON (kept in the training state so a resumed epoch reports the whole epoch)."""
-        return json.dumps({
-            "loss_sum": self.loss_sum, "clips": self.clips, "indices": self.indices,
-            "scores": [s.tolist() for s in self.scores], "labels": self.labels,
-            "errors": [e.tolist() for e in self.errors], "decoded": self.decoded, "truths": self.truths,
-        })
+        return json.dumps(
+            {
+                "loss_sum": self.loss_sum,
+                "clips": self.clips,
+                "indices": self.indices,
+                "scores": [s.tolist() for s in self.scores],
+                "labels": self.labels,
+                "errors": [e.tolist() for e in self.errors],
+                "decoded": self.decoded,
+                "truths": self.truths,
+            }
+        )
 
     def load_json(self, text: str) -> None:
         data = json.loads(text)
-        self.loss_sum, self.clips, self.indices, self.labels = data["loss_sum"], data["clips"], data["indices"], data["labels"]
+        self.loss_sum, self.clips, self.indices, self.labels = (
+            data["loss_sum"],
+            data["clips"],
+            data["indices"],
+            data["labels"],
+        )
         self.scores = [np.asarray(s, dtype=np.float32) for s in data["scores"]]
         self.errors = [np.asarray(e, dtype=np.float32) for e in data["errors"]]
         self.decoded = [tuple(d) for d in data["decoded"]]
         self.truths = [tuple(t) for t in data["truths"]]
 
-    def merge(self, others: Sequence["Accumulator"]) -> "Accumulator":
+    def merge(self, others: Sequence[Accumulator]) -> Accumulator:
         out = Accumulator(self.task, self.options)
         for acc in others:
             out.loss_sum += acc.loss_sum
@@ -219,14 +226,27 @@ def cumulative_error_auc(errors: np.ndarray, threshold: float, bins: int = 1000)
     """Area under the cumulative error distribution on [0, threshold], divided by threshold."""
     grid = np.linspace(0.0, threshold, bins + 1)
     ced = np.searchsorted(np.sort(errors), grid, side="right") / len(errors)
-    return float(np.trapezoid(ced, grid) / threshold) if hasattr(np, "trapezoid") else float(np.trapz(ced, grid) / threshold)
+    return (
+        float(np.trapezoid(ced, grid) / threshold)
+        if hasattr(np, "trapezoid")
+        else float(np.trapz(ced, grid) / threshold)
+    )
 
 
 # ---------------------------------------------------------------- running a model over a loader
 
 
 @torch.no_grad()
-def run_model(model: nn.Module, loader, task: Task, device: torch.device, options: MetricOptions, amp: bool = False, skipped: list | None = None, strict: bool = False) -> Accumulator:
+def run_model(
+    model: nn.Module,
+    loader,
+    task: Task,
+    device: torch.device,
+    options: MetricOptions,
+    amp: bool = False,
+    skipped: list | None = None,
+    strict: bool = False,
+) -> Accumulator:
     """Forward every batch of ``loader``; collect per-clip results."""
     model.eval()
     acc = Accumulator(task, options)
@@ -273,4 +293,6 @@ def check_model_outputs(model: nn.Module, task: Task, num_outputs: int) -> None:
             Task.CTC: f"{num_outputs} classes (with the CTC blank)",
             Task.REGRESS: f"{num_outputs} target values per frame",
         }[task]
-        raise UserInputError(f"the model has {k} outputs but the data has {what}; convert the base model again with `prernn convert ... --num-classes {num_outputs}`")
+        raise UserInputError(
+            f"the model has {k} outputs but the data has {what}; convert the base model again with `prernn convert ... --num-classes {num_outputs}`"
+        )

@@ -21,8 +21,8 @@ from torch import Tensor, fx, nn
 
 from prernn_cli.cells import ConvGeometry, GateObserver, LayerState, RecurrentLayer, recurrent_layer_class
 from prernn_cli.errors import ConversionError
-from prernn_cli.spec import FrameKind, HeadKind, LayerKind, ModelSpec
-from prernn_cli.surgery import NetworkReport, split_at_features, split_network
+from prernn_cli.spec import FrameKind, HeadKind, LayerKind, ModelSpec, RecurrentLayerSpec
+from prernn_cli.surgery import ConvertedSite, NetworkReport, split_at_features, split_network
 
 
 class RecurrentModel(nn.Module):
@@ -96,7 +96,9 @@ class RecurrentModel(nn.Module):
         new_state: list[LayerState] = []
         for index, layer in enumerate(self.layers):
             per_sequence = [tensor.view(batch, steps, *tensor.shape[1:]) for tensor in inputs]
-            sequence, layer_state = layer(*per_sequence, state=state[index], gate_observer=gate_observer, layer_index=index)
+            sequence, layer_state = layer(
+                *per_sequence, state=state[index], gate_observer=gate_observer, layer_index=index
+            )
             new_state.append(layer_state)
             flat = sequence.flatten(0, 1)
             if index < len(self.between):
@@ -121,7 +123,9 @@ def _replace_output_layer(head: nn.Module, outputs: int) -> tuple[nn.Module, str
             target = str(node.target)
             break
     if target is None:
-        raise ConversionError("the head has no fc output layer to replace with --num-classes/--outputs; keep the original head")
+        raise ConversionError(
+            "the head has no fc output layer to replace with --num-classes/--outputs; keep the original head"
+        )
     old = modules[target]
     parent_name, _, child = target.rpartition(".")
     parent = head.get_submodule(parent_name) if parent_name else head
@@ -129,51 +133,71 @@ def _replace_output_layer(head: nn.Module, outputs: int) -> tuple[nn.Module, str
     return head, target
 
 
+def _traditional_model(base: nn.Module, spec: ModelSpec, report: Optional[NetworkReport]) -> RecurrentModel:
+    """The backbone untouched, one new recurrent layer on its feature vector, a new head."""
+    backbone, output_layer, feature_size = split_at_features(base, spec.input, report)
+    layer_spec = spec.layers[0]
+    device = output_layer.weight.device
+    layer = recurrent_layer_class(spec.cell)(
+        feature_size,
+        layer_spec.hidden_size,
+        kind=LayerKind.NEW,
+        activation=layer_spec.activation,
+        init_hh=spec.init_hh,
+        device=device,
+    )
+    outputs = spec.outputs if spec.head is not HeadKind.ORIGINAL else output_layer.out_features
+    head = nn.Linear(layer_spec.hidden_size, outputs, device=device)
+    return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_modules=["head"])
+
+
+def _converted_layer(site: ConvertedSite, layer_spec: RecurrentLayerSpec, spec: ModelSpec) -> RecurrentLayer:
+    """The recurrent layer made from one pretrained layer, its weights copied into every gate (one for SIH)."""
+    geometry = None
+    if layer_spec.kind is LayerKind.CONV:
+        geometry = ConvGeometry.from_module(site.layer, site.batchnorm, site.has_shortcut)
+    # Built on the meta device, then given memory once: the copies of W_xy are written straight
+    # into it, never randomly initialised first (a full-size fc6 would take seconds and GBs more).
+    layer = recurrent_layer_class(spec.cell)(
+        layer_spec.input_size,
+        layer_spec.hidden_size,
+        kind=layer_spec.kind,
+        sih=spec.sih,
+        bias=site.layer.bias is not None,
+        conv=geometry,
+        activation=layer_spec.activation,
+        init_hh=spec.init_hh,
+        device="meta",
+    )
+    device = site.layer.weight.device
+    if device.type != "meta":  # a meta base is a structure to load a saved model into
+        layer = layer.to_empty(device=device)
+        layer.load_pretrained(site.layer.weight, site.layer.bias, site.batchnorm)
+        layer.reset_hidden_parameters()
+    return layer
+
+
 def build_recurrent_model(base: nn.Module, spec: ModelSpec, report: Optional[NetworkReport] = None) -> RecurrentModel:
     """Build the converted structure of ``spec`` on ``base``, copying its pretrained weights.
 
     ``report`` (from :func:`~prernn_cli.surgery.network_report` on ``base``) saves tracing it again.
     """
-    cls = recurrent_layer_class(spec.cell)
-    new_head = spec.head is not HeadKind.ORIGINAL
     if spec.traditional:
-        backbone, output_layer, feature_size = split_at_features(base, spec.input, report)
-        layer_spec = spec.layers[0]
-        layer = cls(
-            feature_size, layer_spec.hidden_size, kind=LayerKind.NEW, activation=layer_spec.activation,
-            init_hh=spec.init_hh, device=output_layer.weight.device,
-        )
-        outputs = spec.outputs if new_head else output_layer.out_features
-        head = nn.Linear(layer_spec.hidden_size, outputs, device=output_layer.weight.device)
-        return RecurrentModel(spec, backbone, [layer], [], [], head, (layer_spec.hidden_size,), new_modules=["head"])
-
+        return _traditional_model(base, spec, report)
     split = split_network(base, spec.input, [layer.name for layer in spec.layers], report)
-    layers = []
-    for site, layer_spec in zip(split.sites, spec.layers):
-        geometry = None
-        if layer_spec.kind is LayerKind.CONV:
-            geometry = ConvGeometry.from_module(site.layer, site.batchnorm, site.has_shortcut)
-        # Built on the meta device, then given memory once: the copies of W_xy are written straight
-        # into it, never randomly initialised first (a full-size fc6 would take seconds and GBs more).
-        layer = cls(
-            layer_spec.input_size, layer_spec.hidden_size, kind=layer_spec.kind, sih=spec.sih,
-            bias=site.layer.bias is not None, conv=geometry, activation=layer_spec.activation,
-            init_hh=spec.init_hh, device="meta",
-        )
-        device = site.layer.weight.device
-        if device.type != "meta":  # a meta base is a structure to load a saved model into
-            layer = layer.to_empty(device=device)
-            layer.load_pretrained(site.layer.weight, site.layer.bias, site.batchnorm)
-            layer.reset_hidden_parameters()
-        layers.append(layer)
+    layers = [_converted_layer(site, layer_spec, spec) for site, layer_spec in zip(split.sites, spec.layers)]
     head: nn.Module = split.head.module
     new_modules: list[str] = []
-    if new_head:
+    if spec.head is not HeadKind.ORIGINAL:
         head, replaced = _replace_output_layer(head, spec.outputs)
         new_modules.append(f"head.{replaced}")
     return RecurrentModel(
-        spec, split.trunk, layers,
-        [part.module for part in split.between], [part.input_shape for part in split.between],
-        head, split.head.input_shape, new_modules=new_modules,
+        spec,
+        split.trunk,
+        layers,
+        [part.module for part in split.between],
+        [part.input_shape for part in split.between],
+        head,
+        split.head.input_shape,
+        new_modules=new_modules,
     )
-

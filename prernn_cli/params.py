@@ -105,7 +105,9 @@ class LayerShape:
         """Build from a :class:`prernn_cli.surgery.LayerReport` (and its NetworkReport, for the BatchNorm)."""
         if not layer.convertible or layer.weight_numel is None or layer.hidden_size is None or layer.input_size is None:
             reason = f": {layer.reason}" if getattr(layer, "reason", None) else ""
-            raise LayerError(f"layer {layer.name} cannot be converted into a recurrent layer{reason}; run `prernn inspect` to list the convertible ones")
+            raise LayerError(
+                f"layer {layer.name} cannot be converted into a recurrent layer{reason}; run `prernn inspect` to list the convertible ones"
+            )
         bias = layer.params is not None and layer.params > layer.weight_numel
         batchnorm_params = 0
         if getattr(layer, "batchnorm", None):
@@ -158,7 +160,9 @@ def sih_params(layer: LayerShape, cell: CellType, biases: bool = False) -> int |
     return cell.num_gates * layer.hidden_size**2
 
 
-def traditional_params(input_size: int, hidden_size: int, cell: CellType, num_layers: int = 1, biases: bool = False) -> int:
+def traditional_params(
+    input_size: int, hidden_size: int, cell: CellType, num_layers: int = 1, biases: bool = False
+) -> int:
     """A stack of ``num_layers`` new recurrent layers of size ``H'`` on a feature vector of ``input_size``.
 
     One layer: ``G·(in·H' + H'²)``; each further layer reads ``H'``: ``G·(H'·H' + H'²)``.
@@ -216,7 +220,9 @@ class DesignCount:
     available: bool
     recurrent_params: int | None  # weights only: the Table 3 definition
     recurrent_params_with_biases: int | None  # plus bias / BatchNorm copies (PreRNN), bias_ih (traditional)
-    total_params: int | None  # the converted model: base network + recurrent_params_with_biases (+ head change, traditional)
+    total_params: (
+        int | None
+    )  # the converted model: base network + recurrent_params_with_biases (+ head change, traditional)
     hidden_sizes: tuple[int, ...] | None  # one per recurrent layer
     num_layers: int | None  # recurrent layers in this design
 
@@ -326,7 +332,9 @@ class ParamsReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _checked_traditional_layers(layers: Sequence[LayerShape], feature_size: int, base_params: int, traditional_layers: int | None) -> int:
+def _checked_traditional_layers(
+    layers: Sequence[LayerShape], feature_size: int, base_params: int, traditional_layers: int | None
+) -> int:
     """Check :func:`count_parameters`' inputs; the depth of the traditional stack."""
     if not layers:
         raise ConversionError("no layer to account for; name at least one with --layer")
@@ -359,7 +367,13 @@ def _sih_count(layers: Sequence[LayerShape], cell: CellType, base_params: int) -
 
 
 def _traditional_count(
-    target: int, cell: CellType, feature_size: int, base_params: int, num_layers: int, output_size: int | None, output_layer_params: int | None
+    target: int,
+    cell: CellType,
+    feature_size: int,
+    base_params: int,
+    num_layers: int,
+    output_size: int | None,
+    output_layer_params: int | None,
 ) -> DesignCount:
     """The traditional stack whose ``H'`` brings its weights-only count closest to ``target`` (PreRNN's)."""
     hidden = match_traditional_hidden_size(target, feature_size, cell, num_layers)
@@ -396,7 +410,9 @@ def count_parameters(
     for cell in dict.fromkeys(CellType(c) for c in cells):
         prernn = _prernn_count(layers, cell, base_params)
         sih = _sih_count(layers, cell, base_params)
-        traditional = _traditional_count(prernn.recurrent_params, cell, feature_size, base_params, num_trad, output_size, output_layer_params)
+        traditional = _traditional_count(
+            prernn.recurrent_params, cell, feature_size, base_params, num_trad, output_size, output_layer_params
+        )
         tra = traditional.recurrent_params
         accountings.append(
             CellAccounting(

@@ -112,7 +112,7 @@ class InputSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InputSpec":
+    def from_dict(cls, data: dict) -> InputSpec:
         return cls(
             frame_kind=FrameKind(data["frame_kind"]),
             channels=int(data["channels"]),
@@ -139,7 +139,7 @@ class RecurrentLayerSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RecurrentLayerSpec":
+    def from_dict(cls, data: dict) -> RecurrentLayerSpec:
         return cls(**{**data, "kind": LayerKind(data["kind"])})
 
 
@@ -174,7 +174,7 @@ class TrainingRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainingRecord":
+    def from_dict(cls, data: dict) -> TrainingRecord:
         points = data.get("norm_points")
         return cls(
             task=Task(data["task"]),
@@ -220,7 +220,7 @@ class ModelSpec:
         if self.design is Design.SIH and self.cell is CellType.VRNN:
             raise ValueError("a VRNN has one gate, so it has no SIH design")
 
-    def with_updates(self, **changes) -> "ModelSpec":
+    def with_updates(self, **changes) -> ModelSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -245,7 +245,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"unsupported prernn format version {version!r} (this tool reads {FORMAT_VERSION})")
@@ -266,7 +266,7 @@ class ModelSpec:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         return cls.from_dict(json.loads(text))
 
 

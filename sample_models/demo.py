@@ -65,17 +65,40 @@ def main() -> None:
         model = out / f"{name.lower()}.safetensors"
         prernn("convert", checkpoint, "--layer", "fc6", "--cell", "gru", *flags, "--num-classes", "2", "-o", model)
         result = prernn(
-            "train", model, "--data", clips, "-o", out / f"run_{name.lower()}", "--epochs", options.epochs,
-            *TRAINING, "--json", capture_json=True,
+            "train",
+            model,
+            "--data",
+            clips,
+            "-o",
+            out / f"run_{name.lower()}",
+            "--epochs",
+            options.epochs,
+            *TRAINING,
+            "--json",
+            capture_json=True,
         )
         best = Path(result["files"]["best"])
         evaluation = prernn(
-            "evaluate", best, "--data", clips, "--split", "val", "--steps", "8", "--clip-pool", "last",
-            "-o", out / f"eval_{name.lower()}", "--json", capture_json=True,
+            "evaluate",
+            best,
+            "--data",
+            clips,
+            "--split",
+            "val",
+            "--steps",
+            "8",
+            "--clip-pool",
+            "last",
+            "-o",
+            out / f"eval_{name.lower()}",
+            "--json",
+            capture_json=True,
         )
         runs[name] = {"history": result["history"], "evaluation": evaluation, "best": best}
 
-    table = Table(title="PreGRU-SIH vs TraGRU on the shipped direction-of-motion clips (val: 40 clips)", header_style="bold")
+    table = Table(
+        title="PreGRU-SIH vs TraGRU on the shipped direction-of-motion clips (val: 40 clips)", header_style="bold"
+    )
     table.add_column("epoch", justify="right")
     for name in designs:
         table.add_column(f"{name}\ntrain loss", justify="right")
@@ -94,8 +117,14 @@ def main() -> None:
         console.print(f"{name}: best checkpoint's val accuracy {metrics['accuracy']:.3f}  ({runs[name]['best']})")
 
     prernn(
-        "analyze", runs["PreGRU-SIH"]["best"], "--compare", runs["TraGRU"]["best"], "--data", clips / "val",
-        "-o", out / "analysis",
+        "analyze",
+        runs["PreGRU-SIH"]["best"],
+        "--compare",
+        runs["TraGRU"]["best"],
+        "--data",
+        clips / "val",
+        "-o",
+        out / "analysis",
     )
     onnx_pre = out / "pregru-sih.onnx"
     prernn("export", runs["PreGRU-SIH"]["best"], "--onnx", "--steps", "8", "-o", onnx_pre)

@@ -78,9 +78,7 @@ def load_digit_splits(seed: int = SEED) -> tuple[DigitSplit, DigitSplit]:
     grey = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
     glyphs = np.stack([np.asarray(Image.fromarray(g).resize((GLYPH, GLYPH), Image.Resampling.BILINEAR)) for g in grey])
     labels = digits.target.astype(np.int64)
-    train_idx, held_idx = train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed
-    )
+    train_idx, held_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed)
     return DigitSplit(glyphs[train_idx], labels[train_idx]), DigitSplit(glyphs[held_idx], labels[held_idx])
 
 
@@ -423,7 +421,7 @@ Regenerate everything (deterministic, CPU, about {runtime_minutes} minutes on 2 
 | `digit_vgg.pt` | state_dict of `prernn_cli.architectures.samples.DigitVGG` (input `[N,3,32,32]`); fc6 = `classifier.0`, fc7 = `classifier.3` as in `vgg16` |
 | `digit_resnet.pt` | state_dict of `DigitResNet` (input `[N,3,32,32]`); last block `layer3.1`: conv2 → bn2 → + shortcut → relu → avgpool ("res5c") |
 | `digit_c3d.pt` | state_dict of `DigitC3D` (input `[N,3,4,32,32]`, a 4-frame snippet C×L×H×W); `fc6`, `fc7`, `fc8` as in the C3D port |
-| `clips/{{train,val}}/{{left,right}}/<clip>/frame_0000.png …` | motion clips as PNG frame folders: {clips['frames']} frames of 32×32 RGB |
+| `clips/{{train,val}}/{{left,right}}/<clip>/frame_0000.png …` | motion clips as PNG frame folders: {clips["frames"]} frames of 32×32 RGB |
 | `clips_mp4/{{train,val}}/{{left,right}}/<clip>.mp4` | the same clips as lossless H.264 (`libx264rgb`, `crf 0`, `rgb24`, {MP4_FPS} fps) |
 | `results.json` | every number below, as the script printed it |
 
@@ -441,13 +439,13 @@ up to 3 px per axis per frame.
 
 ## Clips: direction of motion (`left` / `right`)
 
-{clips['train']} training clips ({clips['train'] // 2} per class) from training digits, {clips['val']} validation
-clips ({clips['val'] // 2} per class) from held-out digits. In each `right` clip one digit moves left to right at a
+{clips["train"]} training clips ({clips["train"] // 2} per class) from training digits, {clips["val"]} validation
+clips ({clips["val"] // 2} per class) from held-out digits. In each `right` clip one digit moves left to right at a
 random row, speed (0.5–1 px/frame) and start, always fully in frame; clip `pairNNN_left` is exactly
 `pairNNN_right` played backwards. The label is only in the order of the frames, so a recurrent
 model has to use temporal context.
 
-The mp4 files decode to the PNG frames with a maximum difference of **{clips['mp4_max_abs_difference']}**
+The mp4 files decode to the PNG frames with a maximum difference of **{clips["mp4_max_abs_difference"]}**
 grey levels (lossless). Note that `libx264rgb` writes an RGB H.264 stream (High 4:4:4 Predictive
 profile): FFmpeg/PyAV, VLC and mpv play it, many browsers do not.
 
@@ -465,7 +463,7 @@ training clips.
 {chr(10).join(probe_rows)}
 
 The last block of rows shows the pitfall SPEC §6 warns about: when each clip is re-encoded on its own
-with an ordinary lossy inter-frame codec (libx264, yuv420p, crf {results['lossy_crf']}; not committed), the codec's
+with an ordinary lossy inter-frame codec (libx264, yuv420p, crf {results["lossy_crf"]}; not committed), the codec's
 artifacts differ between a clip and its reversed twin (the first frame is the intra-coded one), and
 the "order-blind" mean is no longer blind to order.
 """
@@ -510,7 +508,9 @@ def main(out_dir: Path = HERE) -> dict:
             "held_out_digits": n_held,
             "accuracy": round(acc, 4),
         }
-        print(f"{recipe.name}: held-out accuracy {_pct(acc)} ({recipe.epochs} epochs, {time.perf_counter() - t0:.0f} s)")
+        print(
+            f"{recipe.name}: held-out accuracy {_pct(acc)} ({recipe.epochs} epochs, {time.perf_counter() - t0:.0f} s)"
+        )
 
     rng = np.random.default_rng(SEED + 2)
     clips = {"train": make_clips(train, TRAIN_PAIRS, rng), "val": make_clips(held_out, VAL_PAIRS, rng)}
@@ -520,8 +520,10 @@ def main(out_dir: Path = HERE) -> dict:
     in_tree_order = {split: sorted(c, key=lambda clip: (clip.label, clip.clip_id)) for split, c in clips.items()}
     png_exact = max_difference(in_tree_order, png)
     mp4_diff = max_difference(png, mp4)
-    print(f"clips: {len(png['train'])} train, {len(png['val'])} val; PNG round trip max diff {png_exact}, "
-          f"mp4 vs PNG max diff {mp4_diff}")
+    print(
+        f"clips: {len(png['train'])} train, {len(png['val'])} val; PNG round trip max diff {png_exact}, "
+        f"mp4 vs PNG max diff {mp4_diff}"
+    )
 
     vgg = trained["DigitVGG"]
     lossy_crf = 35

@@ -27,10 +27,17 @@ from prernn_cli.spec import CellType, Design, FrameKind, LayerKind, ModelSpec, R
 
 def _spec(cell: CellType, hidden_sizes, traditional=False) -> ModelSpec:
     layers = tuple(
-        RecurrentLayerSpec(name=f"fc{6 + i}", kind=LayerKind.NEW if traditional else LayerKind.FC, hidden_size=h, input_size=8)
+        RecurrentLayerSpec(
+            name=f"fc{6 + i}", kind=LayerKind.NEW if traditional else LayerKind.FC, hidden_size=h, input_size=8
+        )
         for i, h in enumerate(hidden_sizes)
     )
-    return ModelSpec(base_architecture="digit_vgg", layers=layers, cell=cell, design=Design.TRADITIONAL if traditional else Design.PRERNN)
+    return ModelSpec(
+        base_architecture="digit_vgg",
+        layers=layers,
+        cell=cell,
+        design=Design.TRADITIONAL if traditional else Design.PRERNN,
+    )
 
 
 class _Recorder:
@@ -96,7 +103,9 @@ def test_gru_forced_saturation_gives_exact_counts():
     with torch.no_grad():
         cell.weight_ih.zero_()
         cell.weight_hh.zero_()
-        cell.bias_ih.copy_(torch.cat([torch.full((hidden,), 15.0), torch.tensor([-15.0, -15.0, 0.0, 0.0]), torch.zeros(hidden)]))
+        cell.bias_ih.copy_(
+            torch.cat([torch.full((hidden,), 15.0), torch.tensor([-15.0, -15.0, 0.0, 0.0]), torch.zeros(hidden)])
+        )
     acc = GateAccumulator(CellType.GRU, [hidden])
     cell(torch.randn(batch, steps, 3), gate_observer=lambda i, g: acc(0, g))
     n = batch * steps
@@ -126,7 +135,9 @@ def test_accumulator_matches_brute_force(cell_class, cell):
             np.testing.assert_array_equal(acc.right[index][gate].numpy(), (values > np.float32(0.9)).sum(0))
             edges = np.array([k / 10 for k in range(1, 10)], dtype=np.float32)
             bins = (values[..., None] >= edges).sum(-1)  # bin k holds edges[k-1] <= a < edges[k]
-            np.testing.assert_array_equal(acc.histogram[index][gate].numpy(), np.bincount(bins.reshape(-1), minlength=10))
+            np.testing.assert_array_equal(
+                acc.histogram[index][gate].numpy(), np.bincount(bins.reshape(-1), minlength=10)
+            )
             assert acc.histogram[index][gate][0] == acc.left[index][gate].sum()  # bin 0 is exactly "left-saturated"
             assert (acc.histogram[index][gate] > 0).sum() >= 5  # the activations really spread over the bins
 
@@ -162,7 +173,10 @@ def test_reading_rules_follow_the_numbers():
     assert ", 2 of 4 forget-gate units open most of the time (long-lived memory cells)" in analysis.reading
     untrained = summarize(acc, _spec(CellType.LSTM, [4, 4]), clips=1)  # no task: never trained
     assert untrained.reading == UNTRAINED_PREFIX + analysis.reading
-    assert "layer 2 gates rarely saturate (0% saturated): its state is barely used — consider converting one layer only" in analysis.reading
+    assert (
+        "layer 2 gates rarely saturate (0% saturated): its state is barely used — consider converting one layer only"
+        in analysis.reading
+    )
     single = GateAccumulator(CellType.GRU, [4])
     single(0, {"r": torch.tensor([[0.01, 0.5, 0.5, 0.5]]), "z": torch.tensor([[0.05, 0.95, 0.5, 0.5]])})
     (only,) = layer_readings(summarize(single, _spec(CellType.GRU, [4]), clips=1).gates)
@@ -234,7 +248,9 @@ def _write_clips(root, classes=("left", "right"), per_class=2, frames=4, size=32
             folder = root / name / f"clip{c}"
             folder.mkdir(parents=True)
             for t in range(frames):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"frame_{t:04d}.png")
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    folder / f"frame_{t:04d}.png"
+                )
     return root
 
 
@@ -297,7 +313,9 @@ def files(tmp_path_factory):
         layer.weight_ih.zero_()
         layer.weight_hh.zero_()
         o_bias = torch.tensor([20.0, -20.0]).repeat(hidden // 2)
-        layer.bias_ih.copy_(torch.cat([torch.full((hidden,), 20.0), torch.full((hidden,), -20.0), torch.zeros(hidden), o_bias]))
+        layer.bias_ih.copy_(
+            torch.cat([torch.full((hidden,), 20.0), torch.full((hidden,), -20.0), torch.zeros(hidden), o_bias])
+        )
     paths["forced"] = root / "forced.safetensors"
     save_converted(forced, paths["forced"])
     paths["clips"] = _write_clips(root / "clips", per_class=2, frames=4)
@@ -317,7 +335,14 @@ def test_cli_writes_figure_summary_and_table(files, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     (model,) = summary["models"]
     assert model["label"] == "PreLSTM" and model["clips"] == 4 and model["steps"] == 16
-    assert [(g["layer"], g["gate"]) for g in model["gates"]] == [(1, "i"), (1, "f"), (1, "o"), (2, "i"), (2, "f"), (2, "o")]
+    assert [(g["layer"], g["gate"]) for g in model["gates"]] == [
+        (1, "i"),
+        (1, "f"),
+        (1, "o"),
+        (2, "i"),
+        (2, "f"),
+        (2, "o"),
+    ]
     for gate in model["gates"]:
         total = gate["left_saturated_pct"] + gate["right_saturated_pct"] + gate["unsaturated_pct"]
         assert total == pytest.approx(100.0, abs=1e-2)
@@ -339,17 +364,37 @@ def test_cli_forced_saturation_exact_counts_in_json(files, tmp_path):
     n = 4 * 4 * 256  # clips x frames x units
     assert gates["o"]["histogram"] == [n // 2] + [0] * 8 + [n // 2]
     assert document["models"][0]["layer_readings"][0]["verdict"] == "mostly"
-    assert document["panels"] == 3 and json.loads((tmp_path / "r" / "summary.json").read_text())["models"][0]["gates"][0]["gate"] == "i"
+    assert (
+        document["panels"] == 3
+        and json.loads((tmp_path / "r" / "summary.json").read_text())["models"][0]["gates"][0]["gate"] == "i"
+    )
 
 
 def test_cli_compare_draws_both_models_in_one_figure(files, tmp_path):
     out = tmp_path / "cmp"
-    result = _run(files["pre_gru"], "--compare", files["tra_gru"], "--data", files["clips"], "-o", out, "--max-clips", "2", "--steps", "3")
+    result = _run(
+        files["pre_gru"],
+        "--compare",
+        files["tra_gru"],
+        "--data",
+        files["clips"],
+        "-o",
+        out,
+        "--max-clips",
+        "2",
+        "--steps",
+        "3",
+    )
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["gates.png", "summary.json"]
     image = _png(out / "gates.png")
     assert json.loads(image.text["prernn:models"]) == ["PreGRU", "TraGRU"]
-    assert json.loads(image.text["prernn:columns"]) == [["PreGRU", "r"], ["PreGRU", "z"], ["TraGRU", "r"], ["TraGRU", "z"]]
+    assert json.loads(image.text["prernn:columns"]) == [
+        ["PreGRU", "r"],
+        ["PreGRU", "z"],
+        ["TraGRU", "r"],
+        ["TraGRU", "z"],
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert [m["label"] for m in summary["models"]] == ["PreGRU", "TraGRU"]
     assert all(m["clips"] == 2 and m["steps"] == 6 for m in summary["models"])
@@ -357,10 +402,32 @@ def test_cli_compare_draws_both_models_in_one_figure(files, tmp_path):
 
 
 def test_cli_compare_lstm_pair_labels_same_design_by_file(files, tmp_path):
-    result = _run(files["pre_lstm"], "--compare", files["tra_lstm"], "--data", files["clips"], "-o", tmp_path / "c", "--max-clips", "1", "--json")
+    result = _run(
+        files["pre_lstm"],
+        "--compare",
+        files["tra_lstm"],
+        "--data",
+        files["clips"],
+        "-o",
+        tmp_path / "c",
+        "--max-clips",
+        "1",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["panels"] == 6 + 3
-    same = _run(files["tra_lstm"], "--compare", files["tra_lstm"], "--data", files["clips"], "-o", tmp_path / "s", "--max-clips", "1", "--json")
+    same = _run(
+        files["tra_lstm"],
+        "--compare",
+        files["tra_lstm"],
+        "--data",
+        files["clips"],
+        "-o",
+        tmp_path / "s",
+        "--max-clips",
+        "1",
+        "--json",
+    )
     assert [m["label"] for m in json.loads(same.stdout)["models"]] == ["TraLSTM (tra_lstm)"] * 2
 
 

@@ -28,10 +28,10 @@ def _reference(layer, x: torch.Tensor, h0, c0=None):
 
     def u(gate: int, x_t):  # u_t(g): the gate's own copy, or SIH's single v_t
         index = 0 if layer.sih else gate
-        return x_t @ Wi[index * H:(index + 1) * H].T + bi[index * H:(index + 1) * H]
+        return x_t @ Wi[index * H : (index + 1) * H].T + bi[index * H : (index + 1) * H]
 
     def w(gate: int):
-        return Wh[gate * H:(gate + 1) * H]
+        return Wh[gate * H : (gate + 1) * H]
 
     h, c, outs = h0, c0, []
     for t in range(x.shape[1]):
@@ -146,7 +146,7 @@ def test_hidden_init_schemes(scheme):
             assert_close(block @ block.T, torch.eye(H), atol=1e-5, rtol=0)
     else:
         assert all(block.abs().max() > 0 for block in blocks)
-        bound = 1 / H ** 0.5 if scheme is InitScheme.UNIFORM else (6 / (2 * H)) ** 0.5
+        bound = 1 / H**0.5 if scheme is InitScheme.UNIFORM else (6 / (2 * H)) ** 0.5
         assert layer.weight_hh.abs().max() <= bound + 1e-6
 
 
@@ -232,7 +232,9 @@ def test_sequence_backward_passes_gradcheck(cls, sih):
     u = torch.randn(2, 3, layer.input_copies * 4, dtype=torch.float64, requires_grad=True)
     weight_hh = torch.randn(cls.cell.num_gates * 4, 4, dtype=torch.float64, requires_grad=True)
     state = [torch.randn(2, 4, dtype=torch.float64, requires_grad=True) for _ in range(2 if cls is PreLSTM else 1)]
-    assert torch.autograd.gradcheck(lambda u, w, *s: _SequenceFunction.apply(layer, None, 0, u, w, *s), (u, weight_hh, *state))
+    assert torch.autograd.gradcheck(
+        lambda u, w, *s: _SequenceFunction.apply(layer, None, 0, u, w, *s), (u, weight_hh, *state)
+    )
 
 
 @pytest.mark.parametrize("cls,sih", CELLS)

@@ -84,7 +84,16 @@ def _assert_one_line_error(result, needle: str, exit_code: int = 2) -> None:
 
 @pytest.mark.parametrize(
     "wrap",
-    ["plain", "legacy", "nested_state_dict", "nested_model", "nested_model_state_dict", "ddp_prefix", "compiled_prefix", "with_extras"],
+    [
+        "plain",
+        "legacy",
+        "nested_state_dict",
+        "nested_model",
+        "nested_model_state_dict",
+        "ddp_prefix",
+        "compiled_prefix",
+        "with_extras",
+    ],
 )
 def test_state_dict_variants_load_and_are_identified(tmp_path, wrap):
     reference = _digit_vgg()
@@ -126,7 +135,9 @@ def test_torchscript_known_architecture_becomes_python_module(tmp_path, how):
     path = tmp_path / "model.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.script(reference) if how == "script" else torch.jit.trace(reference, torch.zeros(1, 3, 32, 32))
+        scripted = (
+            torch.jit.script(reference) if how == "script" else torch.jit.trace(reference, torch.zeros(1, 3, 32, 32))
+        )
     scripted.save(str(path))
     assert detect_format(path) is CheckpointFormat.TORCHSCRIPT
     loaded = load_checkpoint(path)
@@ -245,7 +256,16 @@ def test_identify_sample_nets(name, factory, num_classes):
 
 @pytest.mark.parametrize(
     "name, num_classes",
-    [("resnet18", None), ("resnet18", 7), ("vgg11", 5), ("c3d", 101), ("c3d", None), ("r3d_18", 3), ("mobilenet_v3_small", 12), ("resnet50", 2)],
+    [
+        ("resnet18", None),
+        ("resnet18", 7),
+        ("vgg11", 5),
+        ("c3d", 101),
+        ("c3d", None),
+        ("r3d_18", 3),
+        ("mobilenet_v3_small", 12),
+        ("resnet50", 2),
+    ],
 )
 def test_identify_torchvision_and_c3d_on_meta(name, num_classes):
     state = build_empty_architecture(name, num_classes).state_dict()
@@ -313,7 +333,12 @@ def test_c3d_matches_the_common_port():
     model = C3D()
     names = [name for name, _ in model.named_children()]
     assert names[:3] == ["conv1", "pool1", "conv2"] and {"conv5b", "fc6", "fc7", "fc8", "relu", "dropout"} <= set(names)
-    assert (model.fc6.in_features, model.fc6.out_features, model.fc7.out_features, model.fc8.out_features) == (8192, 4096, 4096, 487)
+    assert (model.fc6.in_features, model.fc6.out_features, model.fc7.out_features, model.fc8.out_features) == (
+        8192,
+        4096,
+        4096,
+        487,
+    )
     assert model.pool5.padding == (0, 1, 1)
     with torch.device("meta"):
         meta = C3D(num_classes=4)
@@ -494,7 +519,11 @@ def test_load_converted_rejects_plain_weights_and_bad_specs(tmp_path, converted_
     result = _invoke_inspect(future)
     _assert_one_line_error(result, "format version 99")
     missing = tmp_path / "missing.safetensors"
-    save_file({key: value for key, value in tensors.items() if "weight_hh" not in key}, str(missing), metadata={SPEC_METADATA_KEY: json.dumps(spec)})
+    save_file(
+        {key: value for key, value in tensors.items() if "weight_hh" not in key},
+        str(missing),
+        metadata={SPEC_METADATA_KEY: json.dumps(spec)},
+    )
     result = _invoke_inspect(missing)
     _assert_one_line_error(result, "do not fit its spec")
 

@@ -44,7 +44,18 @@ def test_convert_gru_sih_writes_a_loadable_model(tmp_path):
 
 
 def test_convert_prints_what_changed(tmp_path):
-    result = _run("convert", SAMPLES / "digit_resnet.pt", "--layer", "res5c", "--cell", "lstm", "--num-classes", "2", "-o", tmp_path / "m.safetensors")
+    result = _run(
+        "convert",
+        SAMPLES / "digit_resnet.pt",
+        "--layer",
+        "res5c",
+        "--cell",
+        "lstm",
+        "--num-classes",
+        "2",
+        "-o",
+        tmp_path / "m.safetensors",
+    )
     assert result.exit_code == 0, result.output
     assert "PreLSTM" in result.stdout and "layer3.1.conv2" in result.stdout and "Table 3" in result.stdout
     model = load_converted(tmp_path / "m.safetensors")
@@ -54,7 +65,9 @@ def test_convert_prints_what_changed(tmp_path):
 
 def test_convert_traditional_baseline(tmp_path):
     out = tmp_path / "tra.safetensors"
-    result = _run("convert", SAMPLES / "digit_c3d.pt", "--layer", "fc6,fc7", "--cell", "gru", "--traditional", "-o", out, "--json")
+    result = _run(
+        "convert", SAMPLES / "digit_c3d.pt", "--layer", "fc6,fc7", "--cell", "gru", "--traditional", "-o", out, "--json"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["design"] == "traditional"
@@ -87,21 +100,45 @@ def test_bad_requests_exit_2_with_one_line(tmp_path, args, message):
 
 def test_unknown_cell_is_a_usage_error(tmp_path):
     out = tmp_path / "m.safetensors"
-    result = runner.invoke(app, ["convert", str(SAMPLES / "digit_vgg.pt"), "--layer", "fc6", "--cell", "rnn", "-o", str(out)], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        ["convert", str(SAMPLES / "digit_vgg.pt"), "--layer", "fc6", "--cell", "rnn", "-o", str(out)],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], result.stderr
+    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], (
+        result.stderr
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_output_paths(tmp_path):
     result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "gru", "-o", tmp_path)
     assert result.exit_code == 2 and "is a directory" in result.stderr
-    result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "gru", "-o", tmp_path / "missing" / "m.safetensors")
+    result = _run(
+        "convert",
+        SAMPLES / "digit_vgg.pt",
+        "--layer",
+        "fc6",
+        "--cell",
+        "gru",
+        "-o",
+        tmp_path / "missing" / "m.safetensors",
+    )
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
 def test_side_branch_conv_is_not_convertible_with_reason(tmp_path):
-    result = _run("convert", SAMPLES / "digit_resnet.pt", "--layer", "layer3.0.downsample.0", "--cell", "gru", "-o", tmp_path / "m.safetensors")
+    result = _run(
+        "convert",
+        SAMPLES / "digit_resnet.pt",
+        "--layer",
+        "layer3.0.downsample.0",
+        "--cell",
+        "gru",
+        "-o",
+        tmp_path / "m.safetensors",
+    )
     assert result.exit_code == 2
     assert "cannot be converted" in result.stderr and "res5c" in result.stderr
 
@@ -111,7 +148,20 @@ def test_convert_is_deterministic_for_a_seed(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         out = tmp_path / f"{name}.safetensors"
         torch.manual_seed(len(name) * 100 + seed)  # the global RNG must not matter
-        result = _run("convert", SAMPLES / "digit_vgg.pt", "--layer", "fc6", "--cell", "lstm", "--num-classes", "2", "--seed", seed, "-o", out)
+        result = _run(
+            "convert",
+            SAMPLES / "digit_vgg.pt",
+            "--layer",
+            "fc6",
+            "--cell",
+            "lstm",
+            "--num-classes",
+            "2",
+            "--seed",
+            seed,
+            "-o",
+            out,
+        )
         assert result.exit_code == 0, result.output
         with safe_open(str(out), "pt") as handle:  # contents, not bytes: the header's key order may vary
             files.append((handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}))

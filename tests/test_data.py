@@ -157,7 +157,9 @@ def test_augmentation_is_deterministic_and_label_safe(tmp_path):
         xs = [(step > 0).nonzero()[:, 1].float().mean().item() for step in x]  # x of the square per step
         assert xs == sorted(xs)
     # label-aware flip swaps left and right
-    flip = ClipDataset(splits.train, SPEC, Task.CLASSIFY, steps=4, augment=Augment(flip=True, flip_pairs=((0, 1),)), seed=0)
+    flip = ClipDataset(
+        splits.train, SPEC, Task.CLASSIFY, steps=4, augment=Augment(flip=True, flip_pairs=((0, 1),)), seed=0
+    )
     labels = {flip._rng(0).random() < 0.5: None}
     for epoch in range(8):
         flip.set_epoch(epoch)
@@ -181,8 +183,15 @@ def test_dataset_reports_bad_clip_instead_of_raising(tmp_path):
 
 
 def test_manifest_classify_regress_ctc(tmp_path, small_clip_tree):
-    rows = [("clips/left/clip0", "left"), ("clips/left/clip1", "left"), ("clips/right/clip0", "right"), ("clips/right/clip1", "right")]
-    (tmp_path / "m.csv").write_text("path,label,split\n" + "".join(f"{p},{label},{'val' if p.endswith('1') else 'train'}\n" for p, label in rows))
+    rows = [
+        ("clips/left/clip0", "left"),
+        ("clips/left/clip1", "left"),
+        ("clips/right/clip0", "right"),
+        ("clips/right/clip1", "right"),
+    ]
+    (tmp_path / "m.csv").write_text(
+        "path,label,split\n" + "".join(f"{p},{label},{'val' if p.endswith('1') else 'train'}\n" for p, label in rows)
+    )
     splits = discover(tmp_path / "m.csv")
     assert splits.task is Task.CLASSIFY and len(splits.train) == 2 and len(splits.val) == 2
 
@@ -198,7 +207,9 @@ def test_manifest_classify_regress_ctc(tmp_path, small_clip_tree):
     assert item["targets"].shape == (3, 4)
     torch.testing.assert_close(item["targets"][:, 0], torch.tensor([0.0, 8.0, 20.0]))  # frames 0, 2, 5
 
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"path": p, "labels": [label, "stop"]}) for p, label in rows))
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"path": p, "labels": [label, "stop"]}) for p, label in rows)
+    )
     splits = discover(tmp_path / "c.jsonl", val_fraction=0)
     assert splits.class_names == ("<blank>", "left", "right", "stop") and splits.num_outputs == 4
     batch = collate([ClipDataset(splits.train, SPEC, Task.CTC, steps=4)[i] for i in range(2)])
@@ -211,7 +222,11 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(DataError, match="missing files: clips/nope"):
         discover(tmp_path / "missing.csv")
     np.save(tmp_path / "bad.npy", np.zeros((5, 4), np.float32))  # clip has 6 frames
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "clips/left/clip0", "targets": "bad.npy"}) + "\n" + json.dumps({"path": "clips/right/clip0", "targets": "bad.npy"}))
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"path": "clips/left/clip0", "targets": "bad.npy"})
+        + "\n"
+        + json.dumps({"path": "clips/right/clip0", "targets": "bad.npy"})
+    )
     with pytest.raises(DataError, match="5 rows but clip"):
         check_targets(discover(tmp_path / "bad.jsonl", val_fraction=0))
     np.save(tmp_path / "flat.npy", np.zeros(6, np.float32))

@@ -51,7 +51,9 @@ FAST_CASES = [("vgg_fc", "gru", True), ("resnet_conv", "lstm", False), ("c3d_fc"
 def build(net: str, cell: str, sih: bool = False, traditional: bool = False, seed: int = 0):
     arch, layers = NETS[net]
     classes = [f"digit{i}" for i in range(10)]
-    return convert_architecture(arch, layers, cell, seed=seed, sih=sih, traditional=traditional, class_names=classes).eval()
+    return convert_architecture(
+        arch, layers, cell, seed=seed, sih=sih, traditional=traditional, class_names=classes
+    ).eval()
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
@@ -104,7 +106,14 @@ def test_export_spec_names_and_axes():
 
 @pytest.mark.parametrize(
     "kwargs, needle",
-    [({"steps": 0}, "--steps"), ({"opset": 99}, "opset 99"), ({"opset": 7}, "opset 7"), ({"batch": "0"}, "--batch"), ({"batch": "many"}, "--batch"), ({"atol": -1.0}, "--atol")],
+    [
+        ({"steps": 0}, "--steps"),
+        ({"opset": 99}, "opset 99"),
+        ({"opset": 7}, "opset 7"),
+        ({"batch": "0"}, "--batch"),
+        ({"batch": "many"}, "--batch"),
+        ({"atol": -1.0}, "--atol"),
+    ],
 )
 def test_export_spec_rejects_bad_requests(kwargs, needle):
     model_spec = build("c3d_fc", "vrnn").spec
@@ -128,7 +137,9 @@ def test_exported_file_layout_metadata_and_validation(lstm_export):
     assert [o.name for o in proto.graph.output] == ["outputs", "h_n.0", "c_n.0", "h_n.1", "c_n.1"]
     frames_dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert frames_dims == ["batch", 2, 3, 32, 32]
-    assert proto.opset_import[0].version == default_opset() or any(o.version == default_opset() for o in proto.opset_import if o.domain == "")
+    assert proto.opset_import[0].version == default_opset() or any(
+        o.version == default_opset() for o in proto.opset_import if o.domain == ""
+    )
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["prernn.layers"]) == ["classifier.0", "classifier.3"]
     assert meta["prernn.cell"] == "lstm" and json.loads(meta["prernn.sih"]) is False
@@ -147,7 +158,9 @@ def test_chunks_carrying_state_equal_one_long_pytorch_run(lstm_export):
         expected, expected_state = model(frames, [(state[0], state[1]), (state[2], state[3])])
     first = ort_run(session, frames[:, :2], state)
     second = ort_run(session, frames[:, 2:], [torch.from_numpy(a) for a in first[1:]])
-    torch.testing.assert_close(torch.from_numpy(np.concatenate([first[0], second[0]], axis=1)), expected, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(
+        torch.from_numpy(np.concatenate([first[0], second[0]], axis=1)), expected, atol=1e-4, rtol=1e-3
+    )
     for got, want in zip(second[1:], flatten_state(expected_state)):
         torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-3)
 
@@ -181,7 +194,11 @@ SWEEP = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("net, cell, sih, traditional", SWEEP, ids=[f"{n}-{c}{'-sih' if s else ''}{'-tra' if t else ''}" for n, c, s, t in SWEEP])
+@pytest.mark.parametrize(
+    "net, cell, sih, traditional",
+    SWEEP,
+    ids=[f"{n}-{c}{'-sih' if s else ''}{'-tra' if t else ''}" for n, c, s, t in SWEEP],
+)
 def test_export_sweep_every_cell_sih_kind_and_backbone(tmp_path, net, cell, sih, traditional):
     model = build(net, cell, sih, traditional)
     result = export_onnx(model, tmp_path / "m.onnx", OnnxExportSpec.create(model.spec, steps=1))

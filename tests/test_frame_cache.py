@@ -31,6 +31,7 @@ def _decoder(calls: list):
     def decode(path):
         calls.append(path)
         return resize_frames(read_frames(path)[0], SPEC)
+
     return decode
 
 
@@ -38,8 +39,16 @@ def _decoder(calls: list):
 def test_cached_examples_equal_decoded_ones(clip_tree, tmp_path, sampling):
     clips = discover(clip_tree, val_fraction=0.0).train
     plain = ClipDataset(clips, SPEC, Task.CLASSIFY, steps=4, sampling=sampling, augment=Augment(flip=True), seed=3)
-    cached = ClipDataset(clips, SPEC, Task.CLASSIFY, steps=4, sampling=sampling, augment=Augment(flip=True), seed=3,
-                         frame_cache=FrameCache(tmp_path / "cache", SPEC))
+    cached = ClipDataset(
+        clips,
+        SPEC,
+        Task.CLASSIFY,
+        steps=4,
+        sampling=sampling,
+        augment=Augment(flip=True),
+        seed=3,
+        frame_cache=FrameCache(tmp_path / "cache", SPEC),
+    )
     for epoch in (0, 1, 2):  # the first epoch fills the cache, the others read it
         plain.set_epoch(epoch)
         cached.set_epoch(epoch)
@@ -60,7 +69,9 @@ def test_a_clip_is_decoded_once_and_again_after_it_changed(clip_tree, tmp_path):
     os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
     FrameCache(tmp_path / "cache", SPEC).frames(folder, _decoder(calls))  # the next run sees the change
     assert len(calls) == 2
-    assert FrameCache(tmp_path / "cache", InputSpec(size=(16, 16))).path_for(folder) != cache.path_for(folder)  # per input size
+    assert FrameCache(tmp_path / "cache", InputSpec(size=(16, 16))).path_for(folder) != cache.path_for(
+        folder
+    )  # per input size
 
 
 def test_unreadable_entry_is_decoded_again_and_nothing_partial_is_left(clip_tree, tmp_path):
@@ -77,20 +88,67 @@ def test_unreadable_entry_is_decoded_again_and_nothing_partial_is_left(clip_tree
 
 def test_train_with_frame_cache(clip_tree, tmp_path, model_file):
     cache = tmp_path / "frames"
-    result = CliRunner().invoke(app, ["train", str(model_file), "--data", str(clip_tree), "-o", str(tmp_path / "run"), "--epochs", "2",
-                                      "--frame-cache", str(cache), "--val-fraction", "0.3", *FAST])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(model_file),
+            "--data",
+            str(clip_tree),
+            "-o",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--frame-cache",
+            str(cache),
+            "--val-fraction",
+            "0.3",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list(cache.glob("*.npy"))) == 6  # every clip, train and val, once
     evaluations = []
     for extra in ([], ["--frame-cache", str(cache)]):  # evaluate reads the same entries, with the same result
-        result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "last.safetensors"), "--data", str(clip_tree), "--split", "train",
-                                          "--val-fraction", "0.3", "--steps", "4", "--device", "cpu", "--json", *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "evaluate",
+                str(tmp_path / "run" / "last.safetensors"),
+                "--data",
+                str(clip_tree),
+                "--split",
+                "train",
+                "--val-fraction",
+                "0.3",
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+                "--json",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         evaluations.append(json.loads(result.stdout)["metrics"])
     assert evaluations[0] == evaluations[1]
     assert len(list(cache.glob("*.npy"))) == 6
     blocked = tmp_path / "file"
     blocked.write_text("")
-    result = CliRunner().invoke(app, ["train", str(model_file), "--data", str(clip_tree), "-o", str(tmp_path / "run2"), "--epochs", "1",
-                                      "--frame-cache", str(blocked / "sub"), *FAST])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(model_file),
+            "--data",
+            str(clip_tree),
+            "-o",
+            str(tmp_path / "run2"),
+            "--epochs",
+            "1",
+            "--frame-cache",
+            str(blocked / "sub"),
+            *FAST,
+        ],
+    )
     assert result.exit_code == 2 and "--frame-cache" in result.stderr.strip().splitlines()[-1]

@@ -44,8 +44,11 @@ def test_onednn_is_not_used_where_it_cannot_be():
         assert not onednn_usable(torch.randn(3, 3))
 
 
-@pytest.mark.parametrize("rows,uses", [(16, 1), (ONEDNN_MIN_ELEMENTS // 64, 1), (ONEDNN_MIN_ELEMENTS // 64, PACK_MIN_USES)],
-                         ids=["mkl", "onednn", "onednn-packed"])
+@pytest.mark.parametrize(
+    "rows,uses",
+    [(16, 1), (ONEDNN_MIN_ELEMENTS // 64, 1), (ONEDNN_MIN_ELEMENTS // 64, PACK_MIN_USES)],
+    ids=["mkl", "onednn", "onednn-packed"],
+)
 @pytest.mark.parametrize("transposed", [False, True])
 def test_weight_product_equals_matmul(rows, uses, transposed):
     weight = torch.randn(64, rows).t() if transposed else torch.randn(rows, 64)
@@ -59,13 +62,19 @@ def test_weight_product_equals_matmul(rows, uses, transposed):
 
 
 def test_linear_equals_functional_linear():
-    x, weight, bias = torch.randn(6, 256), torch.randn(ONEDNN_MIN_ELEMENTS // 256, 256), torch.randn(ONEDNN_MIN_ELEMENTS // 256)
+    x, weight, bias = (
+        torch.randn(6, 256),
+        torch.randn(ONEDNN_MIN_ELEMENTS // 256, 256),
+        torch.randn(ONEDNN_MIN_ELEMENTS // 256),
+    )
     assert onednn_usable(x, weight, bias) is ONEDNN
     assert_close(linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
     assert_close(linear(x, weight, None), x @ weight.t(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("cls,sih", [(PreVRNN, False), (PreLSTM, False), (PreLSTM, True), (PreGRU, False), (PreGRU, True)])
+@pytest.mark.parametrize(
+    "cls,sih", [(PreVRNN, False), (PreLSTM, False), (PreLSTM, True), (PreGRU, False), (PreGRU, True)]
+)
 def test_layers_give_the_same_sequence_with_and_without_onednn(cls, sih):
     layer = cls(64, 1024, sih=sih, activation="gelu")  # W_h· ≥ 2^19 elements: oneDNN (gelu: the VRNN's own loop)
     x = torch.randn(2, PACK_MIN_USES, 64)  # long enough for the packed weight

@@ -16,7 +16,13 @@ from prernn_cli.params import match_traditional_hidden_size
 from prernn_cli.spec import CellType, HeadKind, InitScheme, InputSpec, LayerKind
 from prernn_cli.surgery import network_report
 
-DESIGNS = [(CellType.VRNN, False), (CellType.LSTM, False), (CellType.LSTM, True), (CellType.GRU, False), (CellType.GRU, True)]
+DESIGNS = [
+    (CellType.VRNN, False),
+    (CellType.LSTM, False),
+    (CellType.LSTM, True),
+    (CellType.GRU, False),
+    (CellType.GRU, True),
+]
 
 
 def _convert(model, arch, input_spec, layers, cell, sih=False, **options):
@@ -49,8 +55,10 @@ def meta_bases():
 
 
 PAPER_LAYERS = {
-    ("vgg16", "fc6"): ("classifier.0", 25088), ("vgg16", "fc7"): ("classifier.3", 4096),
-    ("c3d", "fc6"): ("fc6", 8192), ("c3d", "fc7"): ("fc7", 4096),
+    ("vgg16", "fc6"): ("classifier.0", 25088),
+    ("vgg16", "fc7"): ("classifier.3", 4096),
+    ("c3d", "fc6"): ("fc6", 8192),
+    ("c3d", "fc7"): ("fc7", 4096),
 }
 
 
@@ -131,7 +139,9 @@ def test_r3d_18_last_block(cell, sih):
     assert model(frames)[0].shape == (1, 2, 400)
 
 
-@pytest.mark.parametrize("arch,layers", [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])])
+@pytest.mark.parametrize(
+    "arch,layers", [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])]
+)
 @pytest.mark.parametrize("cell,sih", DESIGNS)
 def test_every_parameter_gets_a_gradient_and_save_load_is_exact(tmp_path, arch, layers, cell, sih):
     base = build_architecture(arch)
@@ -186,7 +196,16 @@ def test_bad_requests():
 
 def test_new_parameters_are_only_the_hidden_weights_and_the_new_output_layer():
     base = build_architecture("digit_vgg")
-    model = _convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], CellType.GRU, True, head=HeadKind.CLASSIFY, outputs=2)
+    model = _convert(
+        base,
+        "digit_vgg",
+        architecture_input("digit_vgg"),
+        ["fc6"],
+        CellType.GRU,
+        True,
+        head=HeadKind.CLASSIFY,
+        outputs=2,
+    )
     assert model.new_parameter_names() == {"layers.0.weight_hh", "head.classifier.6.weight", "head.classifier.6.bias"}
 
 

@@ -49,7 +49,14 @@ HAND_SHAPES = {
     ("c3d", "fc6"): LayerShape("fc6", 8192 * 4096, 4096, 8192, alias="fc6"),
     ("c3d", "fc7"): LayerShape("fc7", 4096 * 4096, 4096, 4096, alias="fc7"),
     ("resnet50", "res5c"): LayerShape(
-        "layer4.2.conv3", 2048 * 512, 2048, 512, bias=False, batchnorm_params=2 * 2048, kind=LayerKind.CONV, alias="res5c"
+        "layer4.2.conv3",
+        2048 * 512,
+        2048,
+        512,
+        bias=False,
+        batchnorm_params=2 * 2048,
+        kind=LayerKind.CONV,
+        alias="res5c",
     ),
 }
 
@@ -103,7 +110,10 @@ def test_biases_are_counted_separately():
         # conv without bias: G-1 extra copies of its BatchNorm's weight and bias.
         assert prernn_params(res, cell, biases=True) - prernn_params(res, cell) == (g - 1) * 2 * 2048
         # traditional: each layer's bias_ih (the cells have no bias_hh).
-        assert traditional_params(100, 7, cell, num_layers=2, biases=True) - traditional_params(100, 7, cell, num_layers=2) == 2 * g * 7
+        assert (
+            traditional_params(100, 7, cell, num_layers=2, biases=True) - traditional_params(100, 7, cell, num_layers=2)
+            == 2 * g * 7
+        )
     assert sih_params(fc7, LSTM, biases=True) == sih_params(fc7, LSTM)
 
 
@@ -115,9 +125,15 @@ def test_matched_traditional_hidden_size_is_the_closest(cell, num_layers, input_
         chosen = match_traditional_hidden_size(target, input_size, cell, num_layers)
         assert chosen >= 1
         best = abs(traditional_params(input_size, chosen, cell, num_layers) - target)
-        root = (-input_size + math.sqrt(input_size**2 + 4 * (2 * num_layers - 1) * target / cell.num_gates)) / (2 * (2 * num_layers - 1))
+        root = (-input_size + math.sqrt(input_size**2 + 4 * (2 * num_layers - 1) * target / cell.num_gates)) / (
+            2 * (2 * num_layers - 1)
+        )
         for other in range(max(1, int(root) - 50), int(root) + 50):
-            assert best <= abs(traditional_params(input_size, other, cell, num_layers) - target), (target, chosen, other)
+            assert best <= abs(traditional_params(input_size, other, cell, num_layers) - target), (
+                target,
+                chosen,
+                other,
+            )
 
 
 def test_counts_are_monotonic():
@@ -152,12 +168,18 @@ def test_several_layers_sum_and_traditional_stack():
     # the paper's 2-layer TraRNN: a stack of two layers of one size, matched as a whole
     stack = count_parameters([fc6, fc7], feature_size=4096, base_params=0, traditional_layers=2)
     tra = stack.cell(LSTM).traditional
-    assert stack.traditional_layers == 2 and tra.num_layers == 2 and tra.hidden_sizes == (stack.cell(LSTM).traditional_hidden_size,) * 2
+    assert (
+        stack.traditional_layers == 2
+        and tra.num_layers == 2
+        and tra.hidden_sizes == (stack.cell(LSTM).traditional_hidden_size,) * 2
+    )
     assert tra.recurrent_params == traditional_params(4096, tra.hidden_sizes[0], LSTM, 2)
     assert stack.cell(LSTM).traditional_hidden_size < report.cell(LSTM).traditional_hidden_size
     assert "sizing estimate" in stack.traditional_note
     # the traditional design re-makes the output layer (4096 -> 1000) to read H' features
-    with_head = count_parameters([fc7], feature_size=4096, base_params=10**8, output_size=1000, output_layer_params=4096 * 1000 + 1000)
+    with_head = count_parameters(
+        [fc7], feature_size=4096, base_params=10**8, output_size=1000, output_layer_params=4096 * 1000 + 1000
+    )
     for acc in with_head.cells:
         h = acc.traditional_hidden_size
         assert acc.traditional.total_params == 10**8 + acc.traditional.recurrent_params_with_biases + (h - 4096) * 1000
@@ -165,7 +187,9 @@ def test_several_layers_sum_and_traditional_stack():
 
 
 def test_report_json_and_errors():
-    report = count_parameters([HAND_SHAPES[("c3d", "fc6")]], feature_size=4096, base_params=5, cells=[GRU], architecture="c3d")
+    report = count_parameters(
+        [HAND_SHAPES[("c3d", "fc6")]], feature_size=4096, base_params=5, cells=[GRU], architecture="c3d"
+    )
     doc = json.loads(report.to_json())
     assert list(doc["cells"]) == ["gru"]
     assert set(doc["cells"]["gru"]["designs"]) == {d.value for d in Design}
@@ -250,15 +274,21 @@ def test_cli_errors_are_one_line(args, needle):
 
 
 def test_cli_unknown_cell_is_a_usage_error():
-    result = runner.invoke(app, ["params", "--arch", "vgg16", "--layer", "fc6", "--cell", "lstm,rnn"], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app, ["params", "--arch", "vgg16", "--layer", "fc6", "--cell", "lstm,rnn"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 2 and result.stdout == ""
-    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], result.stderr
+    assert [line for line in result.stderr.splitlines() if "'rnn' is not one of 'vrnn', 'lstm', 'gru'" in line], (
+        result.stderr
+    )
 
 
 # ------------------------------------------------------------------ agreement with the models `convert` builds
 
 
-@pytest.mark.parametrize(("arch", "layers"), [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])])
+@pytest.mark.parametrize(
+    ("arch", "layers"), [("digit_vgg", ["fc6", "fc7"]), ("digit_resnet", ["res5c"]), ("digit_c3d", ["fc6"])]
+)
 def test_totals_match_converted_models(arch, layers):
     """``total_params`` is the parameter count of what ``convert`` builds; traditional H' is the one it picks."""
     model = build_empty_architecture(arch)  # meta device: shapes only
@@ -269,8 +299,14 @@ def test_totals_match_converted_models(arch, layers):
             if not count.available:
                 continue
             converted = convert(
-                model, arch, input_spec, layers, acc.cell, aliases=aliases,
-                sih=count.design is Design.SIH, traditional=count.design is Design.TRADITIONAL,
+                model,
+                arch,
+                input_spec,
+                layers,
+                acc.cell,
+                aliases=aliases,
+                sih=count.design is Design.SIH,
+                traditional=count.design is Design.TRADITIONAL,
             )
             assert sum(p.numel() for p in converted.parameters()) == count.total_params, (acc.cell, count.design)
             assert tuple(layer.hidden_size for layer in converted.spec.layers) == count.hidden_sizes
@@ -289,12 +325,16 @@ def test_cli_with_a_checkpoint(tmp_path):
     fc6 = LayerShape("classifier.0", 1024 * 256, 256, 1024)
     fc7 = LayerShape("classifier.3", 256 * 256, 256, 256)
     assert doc["cells"]["lstm"]["sih_over_prernn"] == pytest.approx(table3_ratio([fc6, fc7], LSTM))
-    assert doc["cells"]["gru"]["designs"]["prernn"]["recurrent_params"] == prernn_params(fc6, GRU) + prernn_params(fc7, GRU)
+    assert doc["cells"]["gru"]["designs"]["prernn"]["recurrent_params"] == prernn_params(fc6, GRU) + prernn_params(
+        fc7, GRU
+    )
 
 
 def test_cli_refuses_a_converted_model(tmp_path):
     base = build_architecture("digit_vgg")
-    converted = convert(base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], LSTM, aliases=paper_aliases("digit_vgg", base))
+    converted = convert(
+        base, "digit_vgg", architecture_input("digit_vgg"), ["fc6"], LSTM, aliases=paper_aliases("digit_vgg", base)
+    )
     path = tmp_path / "converted.safetensors"
     save_converted(converted, path)
     result = _invoke("params", str(path), "--layer", "fc6")

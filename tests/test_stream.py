@@ -105,7 +105,9 @@ def test_stream_equals_pytorch_on_the_whole_clip(vgg, png_clip, which):
     assert [p.step for p in result.predictions] == list(range(7))
     assert [p.index for p in result.predictions] == expected.argmax(-1).tolist()
     assert [p.label for p in result.predictions] == [CLASSES[i] for i in expected.argmax(-1).tolist()]
-    np.testing.assert_allclose([p.score for p in result.predictions], expected.softmax(-1).max(-1).values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        [p.score for p in result.predictions], expected.softmax(-1).max(-1).values.numpy(), atol=1e-5
+    )
     streamer = OnnxStreamer(path, "cpu")
     logits = np.concatenate(list(streamer.run(steps)))
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-3)

@@ -67,7 +67,9 @@ def signature_cache_file() -> Path:
     ``$PRERNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/prernn`` (``~/.cache/prernn``); one file per
     torch/torchvision version, since the architectures only change with them.
     """
-    root = os.environ.get("PRERNN_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prernn")
+    root = os.environ.get("PRERNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prernn"
+    )
     return Path(root) / f"architecture-signatures-torch{torch.__version__}-torchvision{torchvision.__version__}.json"
 
 
@@ -187,7 +189,9 @@ def fit_architecture(name: str, state_dict: Mapping[str, torch.Tensor]) -> Archi
     found = _shapes(state_dict)
     match, reason = _try_fit(name, found)
     if match is None:
-        raise CheckpointError(f"the checkpoint does not fit architecture {name}: {reason}; pass the right --arch or omit it to identify it from the weights")
+        raise CheckpointError(
+            f"the checkpoint does not fit architecture {name}: {reason}; pass the right --arch or omit it to identify it from the weights"
+        )
     return match
 
 

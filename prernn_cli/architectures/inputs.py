@@ -70,7 +70,9 @@ def architecture_input(name: str) -> InputSpec:
         return InputSpec(frame_kind=FrameKind.SNIPPET, size=(112, 112), snippet_length=16, mean=C3D_MEAN, std=C3D_STD)
     if name in SAMPLE_ARCHITECTURES:
         if name == "digit_c3d":
-            return InputSpec(frame_kind=FrameKind.SNIPPET, size=(32, 32), snippet_length=4, mean=SAMPLE_MEAN, std=SAMPLE_STD)
+            return InputSpec(
+                frame_kind=FrameKind.SNIPPET, size=(32, 32), snippet_length=4, mean=SAMPLE_MEAN, std=SAMPLE_STD
+            )
         return InputSpec(frame_kind=FrameKind.IMAGE, size=(32, 32), mean=SAMPLE_MEAN, std=SAMPLE_STD)
     if is_user_callable(name):
         logger.info("no known input for %s; assuming 224x224 RGB images", name)

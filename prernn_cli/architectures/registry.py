@@ -44,7 +44,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 C3D_NAME = "c3d"
-_SAMPLE_CLASSES: dict[str, type[nn.Module]] = {"digit_vgg": DigitVGG, "digit_resnet": DigitResNet, "digit_c3d": DigitC3D}
+_SAMPLE_CLASSES: dict[str, type[nn.Module]] = {
+    "digit_vgg": DigitVGG,
+    "digit_resnet": DigitResNet,
+    "digit_c3d": DigitC3D,
+}
 SAMPLE_ARCHITECTURES = tuple(_SAMPLE_CLASSES)
 # torchvision families prernn does not convert (their heads are not a per-frame classifier).
 _OTHER_TORCHVISION_FAMILIES = {
@@ -100,7 +104,9 @@ def unknown_architecture(name: str) -> ArchitectureError:
 def _load_user_callable(name: str) -> Callable[..., nn.Module]:
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
-        raise ArchitectureError(f"architecture {name!r} is not of the form package.module:callable (e.g. mypkg.nets:MyNet)")
+        raise ArchitectureError(
+            f"architecture {name!r} is not of the form package.module:callable (e.g. mypkg.nets:MyNet)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -110,7 +116,9 @@ def _load_user_callable(name: str) -> Callable[..., nn.Module]:
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ArchitectureError(f"module {module_name!r} has no attribute {attribute!r}; check the name after the colon in {name!r}")
+            raise ArchitectureError(
+                f"module {module_name!r} has no attribute {attribute!r}; check the name after the colon in {name!r}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ArchitectureError(f"{name!r} is not callable; name a class or a function that returns an nn.Module")
@@ -165,7 +173,9 @@ def build_architecture(name: str, num_classes: int | None = None, **options: obj
 
 # The public initialisers torch hands to a function mode before running them, and the in-place
 # tensor methods the others are made of: on a meta tensor each only sets values it does not have.
-_INITIALISERS = frozenset(getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_"))
+_INITIALISERS = frozenset(
+    getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")
+)
 _VALUE_METHODS = frozenset(
     getattr(torch.Tensor, name)
     for name in ("uniform_", "normal_", "fill_", "zero_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_", "copy_")
@@ -175,9 +185,25 @@ _SKIPPED_ON_META = _INITIALISERS | _VALUE_METHODS
 # A tensor made by another one is created on the CPU and moved to meta once the model is built.
 _FACTORIES = frozenset(
     (
-        torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.eye, torch.arange,
-        torch.linspace, torch.logspace, torch.rand, torch.randn, torch.randint, torch.randperm,
-        torch.tensor, torch.as_tensor, torch.asarray, torch.scalar_tensor, torch.tril_indices, torch.triu_indices,
+        torch.empty,
+        torch.empty_strided,
+        torch.zeros,
+        torch.ones,
+        torch.full,
+        torch.eye,
+        torch.arange,
+        torch.linspace,
+        torch.logspace,
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.randperm,
+        torch.tensor,
+        torch.as_tensor,
+        torch.asarray,
+        torch.scalar_tensor,
+        torch.tril_indices,
+        torch.triu_indices,
     )
 )
 
@@ -197,7 +223,9 @@ class _MetaConstruction(TorchFunctionMode):
         super().__init__()
         self.factories = factories
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func in self.factories:
             if kwargs.get("device") is None:
@@ -218,7 +246,9 @@ def build_empty_architecture(name: str, num_classes: int | None = None, **option
         # A builder that computes with tensors while constructing (regnet derives its widths with
         # torch.arange): only torch.empty, with which torch's layers allocate their parameters, makes
         # meta tensors; its computations, and small buffers made with torch.zeros/ones, stay on the CPU.
-        logger.debug("%s computes with tensors while it is built (%s); only its parameters are made on meta", name, error)
+        logger.debug(
+            "%s computes with tensors while it is built (%s); only its parameters are made on meta", name, error
+        )
         with _MetaConstruction(frozenset({torch.empty})):
             model = _construct(name, num_classes, options)
     if any(not tensor.is_meta for tensor in [*model.parameters(), *model.buffers()]):

@@ -31,7 +31,10 @@ SAMPLE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 def _vgg_stage(in_channels: int, out_channels: int, convs: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for index in range(convs):
-        layers += [nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
     layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
     return layers
 

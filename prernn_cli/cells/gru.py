@@ -80,10 +80,14 @@ class PreGRU(RecurrentLayer):
             torch.mul(grad_h, z_factor[t], out=grad_pre[t, :, hidden : 2 * hidden])
             grad_r_h = product_n_t.mm(grad_pre[t, :, 2 * hidden :])  # ∂L/∂(r ⊙ h_{t-1})
             torch.mul(grad_r_h, r_factor[t], out=grad_pre[t, :, :hidden])
-            grad_h = product_rz_t.addmm(torch.addcmul(grad_h * keep_factor[t], grad_r_h, r[t]), grad_pre[t, :, : 2 * hidden])
+            grad_h = product_rz_t.addmm(
+                torch.addcmul(grad_h * keep_factor[t], grad_r_h, r[t]), grad_pre[t, :, : 2 * hidden]
+            )
         flat = grad_pre.flatten(0, 1)
-        grad_weight = torch.cat([
-            torch.mm(flat[:, : 2 * hidden].t(), previous.flatten(0, 1)),
-            torch.mm(flat[:, 2 * hidden :].t(), reset.flatten(0, 1)),
-        ])
+        grad_weight = torch.cat(
+            [
+                torch.mm(flat[:, : 2 * hidden].t(), previous.flatten(0, 1)),
+                torch.mm(flat[:, 2 * hidden :].t(), reset.flatten(0, 1)),
+            ]
+        )
         return self._gradient_of_inputs(grad_pre), grad_weight, (grad_h,)

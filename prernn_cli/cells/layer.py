@@ -186,7 +186,9 @@ class RecurrentLayer(nn.Module):
         """Copy the pretrained layer into every input-to-hidden copy (one copy for SIH), BatchNorm included."""
         expected = tuple(self.weight_ih.shape[1:])
         if tuple(weight.shape[1:]) != expected or weight.shape[0] != self.hidden_size:
-            raise ValueError(f"pretrained weight of shape {tuple(weight.shape)} does not fit a layer of hidden size {self.hidden_size} and input {expected}")
+            raise ValueError(
+                f"pretrained weight of shape {tuple(weight.shape)} does not fit a layer of hidden size {self.hidden_size} and input {expected}"
+            )
         if self.bias_ih is not None and bias is None:
             raise ValueError("the layer was built with a bias but the pretrained layer has none")
         if hasattr(self, "bn_weight") and batchnorm is None:
@@ -194,8 +196,10 @@ class RecurrentLayer(nn.Module):
         pairs = [(self.weight_ih, weight), (self.bias_ih, bias)]
         if hasattr(self, "bn_weight"):
             pairs += [
-                (self.bn_weight, batchnorm.weight), (self.bn_bias, batchnorm.bias),
-                (self.bn_running_mean, batchnorm.running_mean), (self.bn_running_var, batchnorm.running_var),
+                (self.bn_weight, batchnorm.weight),
+                (self.bn_bias, batchnorm.bias),
+                (self.bn_running_mean, batchnorm.running_mean),
+                (self.bn_running_var, batchnorm.running_var),
             ]
         for stacked, pretrained in pairs:
             if stacked is not None:
@@ -217,8 +221,14 @@ class RecurrentLayer(nn.Module):
         z = conv(x, self.weight_ih, self.bias_ih, geometry.stride, geometry.padding, geometry.dilation)
         if geometry.batchnorm:
             z = F.batch_norm(
-                z, self.bn_running_mean, self.bn_running_var, self.bn_weight, self.bn_bias,
-                training=False, momentum=0.0, eps=geometry.bn_eps,
+                z,
+                self.bn_running_mean,
+                self.bn_running_var,
+                self.bn_weight,
+                self.bn_bias,
+                training=False,
+                momentum=0.0,
+                eps=geometry.bn_eps,
             )
         if shortcut is not None:
             n = z.shape[0]
@@ -255,7 +265,9 @@ class RecurrentLayer(nn.Module):
             state = self.initial_state(projected.shape[0], projected.device, projected.dtype)
         states = (state,) if isinstance(state, Tensor) else tuple(state)
         if _needs_sequence_function(projected, self.weight_hh, *states):
-            outputs, *last = _SequenceFunction.apply(self, gate_observer, layer_index, projected, self.weight_hh, *states)
+            outputs, *last = _SequenceFunction.apply(
+                self, gate_observer, layer_index, projected, self.weight_hh, *states
+            )
         else:
             outputs, last, _ = self._steps(projected, self.weight_hh, states, gate_observer, layer_index, keep=False)
         return outputs, (last[0] if len(last) == 1 else tuple(last))
@@ -271,7 +283,13 @@ class RecurrentLayer(nn.Module):
         return (product.mm(x).view(-1, count, self.hidden_size) + u_t.unsqueeze(1)).flatten(1)
 
     def _steps(
-        self, u: Tensor, weight_hh: Tensor, state: tuple[Tensor, ...], observer: Optional[GateObserver], index: int, keep: bool
+        self,
+        u: Tensor,
+        weight_hh: Tensor,
+        state: tuple[Tensor, ...],
+        observer: Optional[GateObserver],
+        index: int,
+        keep: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
         """The cell's equations over all steps of ``u`` ``[B, T, copies·H]``.
 
@@ -350,7 +368,9 @@ class RecurrentLayer(nn.Module):
         if self.sih:
             parts.append("sih=True")
         if self.conv is not None:
-            parts.append(f"conv{self.conv.dims}d k={self.conv.kernel_size} bn={self.conv.batchnorm} shortcut={self.conv.shortcut}")
+            parts.append(
+                f"conv{self.conv.dims}d k={self.conv.kernel_size} bn={self.conv.batchnorm} shortcut={self.conv.shortcut}"
+            )
         if self.cell is CellType.VRNN:
             parts.append(f"activation={self.activation}")
         if self.bias_ih is None:

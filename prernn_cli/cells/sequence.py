@@ -32,5 +32,7 @@ class _SequenceFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_outputs, *grad_last):
         weight_hh, *saved = ctx.saved_tensors
-        grad_u, grad_weight, grad_state = ctx.layer._backward(tuple(saved), weight_hh, grad_outputs.transpose(0, 1), grad_last)
+        grad_u, grad_weight, grad_state = ctx.layer._backward(
+            tuple(saved), weight_hh, grad_outputs.transpose(0, 1), grad_last
+        )
         return (None, None, None, grad_u, grad_weight, *grad_state)

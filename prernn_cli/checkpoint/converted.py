@@ -34,13 +34,19 @@ def read_spec(path: Path) -> ModelSpec:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); give a model saved by prernn") from error
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); give a model saved by prernn"
+        ) from error
     if SPEC_METADATA_KEY not in metadata:
-        raise CheckpointError(f"{path} holds weights but no prernn model spec; convert a network first (prernn convert)")
+        raise CheckpointError(
+            f"{path} holds weights but no prernn model spec; convert a network first (prernn convert)"
+        )
     try:
         return ModelSpec.from_json(metadata[SPEC_METADATA_KEY])
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} has an unreadable prernn spec ({error}); save the model again with this version of prernn") from error
+        raise CheckpointError(
+            f"{path} has an unreadable prernn spec ({error}); save the model again with this version of prernn"
+        ) from error
 
 
 def _empty_model(path: Path, spec: ModelSpec) -> RecurrentModel:
@@ -51,7 +57,9 @@ def _empty_model(path: Path, spec: ModelSpec) -> RecurrentModel:
     except (ValueError, KeyError, IndexError, AttributeError) as error:
         # A spec that does not fit its architecture: a layer it lacks (KeyError), of another kind
         # (AttributeError), no layer at all (IndexError), sizes or an input it refuses (ValueError).
-        raise CheckpointError(f"{path}: cannot rebuild the converted {spec.base_architecture} ({type(error).__name__}: {error}); save it again with this version of prernn") from error
+        raise CheckpointError(
+            f"{path}: cannot rebuild the converted {spec.base_architecture} ({type(error).__name__}: {error}); save it again with this version of prernn"
+        ) from error
 
 
 def load_converted(path: Path | str) -> RecurrentModel:
@@ -72,7 +80,9 @@ def load_converted(path: Path | str) -> RecurrentModel:
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state_dict.items()}
     if expected != found:
-        raise CheckpointError(f"{path}: the weights do not fit its spec: {describe_mismatch(expected, found)}; save the model again")
+        raise CheckpointError(
+            f"{path}: the weights do not fit its spec: {describe_mismatch(expected, found)}; save the model again"
+        )
     model.load_state_dict(state_dict, strict=True, assign=True)
     missing = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if missing:

@@ -40,7 +40,9 @@ def _check_file(path: Path) -> None:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file inside it")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was not saved completely, save or copy it again")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes); it was not saved completely, save or copy it again"
+        )
 
 
 def _safetensors_header(path: Path, head: bytes) -> Optional[dict]:
@@ -56,7 +58,9 @@ def _safetensors_header(path: Path, head: bytes) -> Optional[dict]:
         return None
     size = path.stat().st_size
     if 8 + length > size:
-        raise CheckpointError(f"checkpoint {path} is a truncated safetensors file (header says {length} bytes, file has {size - 8}); copy or save it again")
+        raise CheckpointError(
+            f"checkpoint {path} is a truncated safetensors file (header says {length} bytes, file has {size - 8}); copy or save it again"
+        )
     with path.open("rb") as handle:
         handle.seek(8)
         raw = handle.read(length)
@@ -66,9 +70,18 @@ def _safetensors_header(path: Path, head: bytes) -> Optional[dict]:
         raise CheckpointError(f"checkpoint {path} has a corrupt safetensors header ({error}); save it again") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"checkpoint {path} has a corrupt safetensors header (not a JSON object); save it again")
-    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
+    end = max(
+        (
+            entry["data_offsets"][1]
+            for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+        ),
+        default=0,
+    )
     if 8 + length + end > size:
-        raise CheckpointError(f"checkpoint {path} is a truncated safetensors file ({size} bytes, its header needs {8 + length + end}); copy or save it again")
+        raise CheckpointError(
+            f"checkpoint {path} is a truncated safetensors file ({size} bytes, its header needs {8 + length + end}); copy or save it again"
+        )
     return header
 
 
@@ -86,13 +99,17 @@ def _zip_format(path: Path) -> CheckpointFormat:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile as error:
-        raise CheckpointError(f"checkpoint {path} is a truncated or corrupt zip archive ({error}); copy or save it again") from error
+        raise CheckpointError(
+            f"checkpoint {path} is a truncated or corrupt zip archive ({error}); copy or save it again"
+        ) from error
     parts = {part for name in names for part in name.split("/")[1:2]}
     if "code" in parts or "constants.pkl" in parts:
         return CheckpointFormat.TORCHSCRIPT
     if "data.pkl" in parts:
         return CheckpointFormat.STATE_DICT
-    raise CheckpointError(f"checkpoint {path} is a zip archive but neither a torch.save file nor TorchScript; give a .pt/.pth, TorchScript or safetensors file")
+    raise CheckpointError(
+        f"checkpoint {path} is a zip archive but neither a torch.save file nor TorchScript; give a .pt/.pth, TorchScript or safetensors file"
+    )
 
 
 def detect_format(path: Path) -> CheckpointFormat:
@@ -114,5 +131,9 @@ def detect_format(path: Path) -> CheckpointFormat:
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):  # pickle protocol 2+, or protocol 0/1 opcodes
         return CheckpointFormat.STATE_DICT
     if _looks_like_text(head):
-        raise CheckpointError(f"checkpoint {path} is a text file, not a model checkpoint; give a .pt/.pth, TorchScript or safetensors file")
-    raise CheckpointError(f"checkpoint {path} is not a format prernn reads (torch.save, TorchScript, safetensors); check the file")
+        raise CheckpointError(
+            f"checkpoint {path} is a text file, not a model checkpoint; give a .pt/.pth, TorchScript or safetensors file"
+        )
+    raise CheckpointError(
+        f"checkpoint {path} is not a format prernn reads (torch.save, TorchScript, safetensors); check the file"
+    )

@@ -62,8 +62,11 @@ class LoadedCheckpoint:
 
 
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(isinstance(key, str) for key in value) and all(
-        isinstance(item, Tensor) for item in value.values()
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(key, str) for key in value)
+        and all(isinstance(item, Tensor) for item in value.values())
     )
 
 
@@ -74,7 +77,7 @@ def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if result and all(key.startswith(prefix) for key in result):
-                result = {key[len(prefix):]: value for key, value in result.items()}
+                result = {key[len(prefix) :]: value for key, value in result.items()}
                 logger.info("stripped the %r prefix from every key", prefix)
                 changed = True
     return result
@@ -135,7 +138,9 @@ def _instantiate(path: Path, match: ArchitectureMatch, state_dict: Mapping[str, 
     return model.eval()
 
 
-def _model_from_weights(path: Path, state_dict: Mapping[str, Tensor], arch: Optional[str], fmt: CheckpointFormat) -> LoadedCheckpoint:
+def _model_from_weights(
+    path: Path, state_dict: Mapping[str, Tensor], arch: Optional[str], fmt: CheckpointFormat
+) -> LoadedCheckpoint:
     match = fit_architecture(arch, state_dict) if arch is not None else match_architecture(state_dict)
     return LoadedCheckpoint(
         model=_instantiate(path, match, state_dict),
@@ -171,8 +176,15 @@ def _from_module(path: Path, module: nn.Module, arch: Optional[str], fmt: Checkp
         loaded.identified = arch is None
         return loaded
     if match is not None:
-        return LoadedCheckpoint(module.eval(), fmt, match.name, architecture_input(match.name), identified=arch is None,
-                                num_classes=match.num_classes, input_known=has_known_input(match.name))
+        return LoadedCheckpoint(
+            module.eval(),
+            fmt,
+            match.name,
+            architecture_input(match.name),
+            identified=arch is None,
+            num_classes=match.num_classes,
+            input_known=has_known_input(match.name),
+        )
     name = None if fmt is CheckpointFormat.TORCHSCRIPT else f"{type(module).__module__}:{type(module).__qualname__}"
     input_spec, known = _unknown_input(name)
     return LoadedCheckpoint(module.eval(), fmt, name, input_spec, identified=False, input_known=known)
@@ -186,9 +198,15 @@ def _load_torchscript(path: Path) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the way to read TorchScript
             return torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError, OSError) as error:  # a corrupt archive: RuntimeError, or a UnicodeDecodeError of its code
+    except (
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as error:  # a corrupt archive: RuntimeError, or a UnicodeDecodeError of its code
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is a TorchScript archive that cannot be loaded ({first[:120]}); export it again") from error
+        raise CheckpointError(
+            f"checkpoint {path} is a TorchScript archive that cannot be loaded ({first[:120]}); export it again"
+        ) from error
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
@@ -204,7 +222,14 @@ def _load_converted(path: Path, arch: Optional[str]) -> LoadedCheckpoint:
         raise CheckpointError(
             f"checkpoint {path} is a converted prernn model of {model.spec.base_architecture}, not {arch}; drop --arch (the file names its architecture)"
         )
-    return LoadedCheckpoint(model, CheckpointFormat.PRERNN, model.spec.base_architecture, model.spec.input, identified=False, spec=model.spec)
+    return LoadedCheckpoint(
+        model,
+        CheckpointFormat.PRERNN,
+        model.spec.base_architecture,
+        model.spec.input,
+        identified=False,
+        spec=model.spec,
+    )
 
 
 def _load_pickled(path: Path, arch: Optional[str], trust_pickle: bool) -> LoadedCheckpoint:

@@ -23,10 +23,20 @@ __all__ = ["load_pickle"]
 
 logger = logging.getLogger(__name__)
 
-_TRUST_HINT = "pass --trust-pickle only if you trust the file, or re-save it as weights: torch.save(model.state_dict(), path)"
+_TRUST_HINT = (
+    "pass --trust-pickle only if you trust the file, or re-save it as weights: torch.save(model.state_dict(), path)"
+)
 _STRING_OPCODES = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8")
 # Globals a file of plain weights imports: tensors, their storages and containers.
-_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.", "__builtin__.", "copyreg.", "_codecs.encode", "numpy.")
+_TENSOR_GLOBALS = (
+    "torch.",
+    "collections.OrderedDict",
+    "builtins.",
+    "__builtin__.",
+    "copyreg.",
+    "_codecs.encode",
+    "numpy.",
+)
 
 
 def _pickle_globals(data: bytes, limit: int = 4) -> list[str]:
@@ -84,7 +94,9 @@ def _load_trusted(path: Path) -> Any:
             with path.open("rb") as handle:
                 return pickle.load(handle)  # noqa: S301 - the user passed --trust-pickle
         except Exception as error:  # noqa: BLE001 - the file's own code may raise anything
-            raise CheckpointError(f"checkpoint {path} could not be unpickled ({type(first_error).__name__}: {str(first_error)[:100]}); check the file") from error
+            raise CheckpointError(
+                f"checkpoint {path} could not be unpickled ({type(first_error).__name__}: {str(first_error)[:100]}); check the file"
+            ) from error
 
 
 def load_pickle(path: Path, trust_pickle: bool) -> Any:
@@ -100,10 +112,14 @@ def load_pickle(path: Path, trust_pickle: bool) -> Any:
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
-            raise CheckpointError(f"checkpoint {path} is a corrupt pickle ({str(error).splitlines()[0]}); save it again") from error
+            raise CheckpointError(
+                f"checkpoint {path} is a corrupt pickle ({str(error).splitlines()[0]}); save it again"
+            ) from error
         if not trust_pickle:
             raise _refuse_pickle(path) from None
     except (EOFError, RuntimeError, ValueError, OSError, struct.error) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); copy or save it again") from error
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({first[:120]}); copy or save it again"
+        ) from error
     return _load_trusted(path)

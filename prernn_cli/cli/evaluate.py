@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.table import Table
 
+from prernn_cli.choices import ClipPool, ErrorNorm
 from prernn_cli.cli.app import app, handles_errors, print_json, stderr, stdout
 from prernn_cli.cli.options import (
     DataOption,
@@ -20,7 +21,6 @@ from prernn_cli.cli.options import (
     ValFractionOption,
     WorkersOption,
 )
-from prernn_cli.metrics import ClipPool, ErrorNorm
 
 ModelArg = Annotated[
     Path,

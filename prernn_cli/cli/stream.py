@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from prernn_cli.choices import Provider
 from prernn_cli.cli.app import app, handles_errors, stderr, stdout
 from prernn_cli.cli.options import OnnxModelArg, ResizeOption
-from prernn_cli.stream import Provider
 
 ClipArg = Annotated[Path, typer.Argument(help="A video file or a folder of frame images.", show_default=False)]
 ProviderOption = Annotated[

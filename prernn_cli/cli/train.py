@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from prernn_cli.choices import ClipPool, ErrorNorm, OptimizerKind, Sampling, ScheduleKind
 from prernn_cli.cli.app import app, handles_errors, print_json, stderr, stdout
 from prernn_cli.cli.options import (
     DataOption,
@@ -22,11 +23,8 @@ from prernn_cli.cli.options import (
     ValFractionOption,
     WorkersOption,
 )
-from prernn_cli.data import Sampling
 from prernn_cli.errors import UserInputError
-from prernn_cli.metrics import ClipPool, ErrorNorm
 from prernn_cli.spec import Task
-from prernn_cli.train import OptimizerKind, ScheduleKind
 
 ModelArg = Annotated[
     Path,

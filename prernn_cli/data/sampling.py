@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 
 from torch import Tensor
 
+from prernn_cli.choices import Sampling
 from prernn_cli.data.clips import Clip
 from prernn_cli.data.decoding import ClipReadError, count_frames
-
-
-class Sampling(str, Enum):
-    """How the T steps of a clip are chosen."""
-
-    UNIFORM = "uniform"
-    RANDOM = "random"
-    DENSE = "dense"
 
 
 def frames_needed(steps: int, snippet: int) -> int:

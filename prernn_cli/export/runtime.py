@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from prernn_cli.choices import Provider
 from prernn_cli.errors import PrernnError, UserInputError
 
 __all__ = [
@@ -97,15 +97,6 @@ def runtime_accepts_opset(opset: int) -> bool:
 
 
 # ---------------------------------------------------------------- execution providers
-
-
-class Provider(str, Enum):
-    """Which onnxruntime execution provider runs the model."""
-
-    AUTO = "auto"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-    CPU = "cpu"
 
 
 @dataclass(frozen=True)

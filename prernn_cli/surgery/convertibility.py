@@ -136,7 +136,11 @@ def _conv_region(trace: _Trace, node: fx.Node, modules: Mapping[str, nn.Module])
         user = _sole_user(current)
         if user is None:
             return "its output is used in several places, so it does not reach global average pooling alone"
-        if stage == "conv" and user.op == "call_module" and isinstance(modules[user.target], nn.modules.batchnorm._BatchNorm):
+        if (
+            stage == "conv"
+            and user.op == "call_module"
+            and isinstance(modules[user.target], nn.modules.batchnorm._BatchNorm)
+        ):
             bn = modules[user.target]
             if not (bn.affine and bn.track_running_stats):
                 return f"its BatchNorm {user.target} has no affine weights or running statistics"
@@ -172,7 +176,9 @@ def _check_cut(trace: _Trace, region: _Region, modules: Mapping[str, nn.Module])
         for arg in node.all_input_nodes:
             if arg is not region.end and arg not in after and trace.depends_on_input[arg]:
                 return f"not on the network's main path: {_describe(node)} also uses values computed before it"
-    if not any(node.op == "call_module" and any(True for _ in modules[node.target].parameters(recurse=False)) for node in after):
+    if not any(
+        node.op == "call_module" and any(True for _ in modules[node.target].parameters(recurse=False)) for node in after
+    ):
         return "it is the output layer (its outputs are the network's predictions)"
     return None
 
@@ -207,8 +213,14 @@ def _untraced_report(modules: Mapping[str, nn.Module], by_name: Mapping[str, str
     reason = f"the model cannot be traced with torch.fx ({type(error).__name__}: {message})"
     layers = tuple(
         LayerReport(
-            name=name, alias=by_name.get(name), type=type(module).__name__, input_shape=None, output_shape=None,
-            params=sum(p.numel() for p in module.parameters(recurse=False)), convertible=False, reason=reason,
+            name=name,
+            alias=by_name.get(name),
+            type=type(module).__name__,
+            input_shape=None,
+            output_shape=None,
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+            convertible=False,
+            reason=reason,
         )
         for name, module in _leaf_modules(modules)
     )
@@ -225,27 +237,43 @@ def _feature_size(output_node: Optional[fx.Node]) -> Optional[int]:
 
 
 def _layer_report(
-    name: str, module: nn.Module, alias: Optional[str], nodes: list[fx.Node], trace: _Trace,
+    name: str,
+    module: nn.Module,
+    alias: Optional[str],
+    nodes: list[fx.Node],
+    trace: _Trace,
     modules: Mapping[str, nn.Module],
 ) -> LayerReport:
     """One leaf module's report, from the nodes that call it in the traced graph."""
     params = sum(p.numel() for p in module.parameters(recurse=False))
-    input_shape = _shape(nodes[0].args[0]) if nodes and nodes[0].args and isinstance(nodes[0].args[0], fx.Node) else None
+    input_shape = (
+        _shape(nodes[0].args[0]) if nodes and nodes[0].args and isinstance(nodes[0].args[0], fx.Node) else None
+    )
     output_shape = _shape(nodes[0]) if nodes else None
-    common = dict(name=name, alias=alias, type=type(module).__name__,
-                  input_shape=input_shape, output_shape=output_shape, params=params)
+    common = dict(
+        name=name,
+        alias=alias,
+        type=type(module).__name__,
+        input_shape=input_shape,
+        output_shape=output_shape,
+        params=params,
+    )
     if not isinstance(module, (nn.Linear, *_CONV_TYPES)):
         return LayerReport(**common, convertible=False, reason="not an fc or conv layer")
     if not nodes:
         return LayerReport(**common, convertible=False, reason="not called in the traced forward pass")
     if len(nodes) > 1:
-        return LayerReport(**common, convertible=False, reason=f"called {len(nodes)} times per forward pass (shared weights)")
+        return LayerReport(
+            **common, convertible=False, reason=f"called {len(nodes)} times per forward pass (shared weights)"
+        )
     region = _region_for(trace, nodes[0], modules)
     if isinstance(region, str):
         return LayerReport(**common, convertible=False, reason=region)
     is_fc = isinstance(module, nn.Linear)
     return LayerReport(
-        **common, convertible=True, kind=region.kind,
+        **common,
+        convertible=True,
+        kind=region.kind,
         hidden_size=module.out_features if is_fc else module.out_channels,
         input_size=module.in_features if is_fc else module.in_channels,
         weight_numel=module.weight.numel(),
@@ -281,15 +309,20 @@ def network_report(
     order = {name: index for index, name in enumerate(calls)}
     leaves = sorted(_leaf_modules(modules), key=lambda item: order.get(item[0], len(order)))
     reports = tuple(
-        _layer_report(name, module, by_name.get(name), calls.get(name, []), trace, gm_modules) for name, module in leaves
+        _layer_report(name, module, by_name.get(name), calls.get(name, []), trace, gm_modules)
+        for name, module in leaves
     )
     return NetworkReport(
-        layers=reports, feature_size=_feature_size(output_node),
-        output_layer=str(output_node.target) if output_node is not None else None, trace=trace,
+        layers=reports,
+        feature_size=_feature_size(output_node),
+        output_layer=str(output_node.target) if output_node is not None else None,
+        trace=trace,
     )
 
 
-def resolve_layers(report: NetworkReport, names: Sequence[str], aliases: Optional[Mapping[str, str]] = None) -> list[LayerReport]:
+def resolve_layers(
+    report: NetworkReport, names: Sequence[str], aliases: Optional[Mapping[str, str]] = None
+) -> list[LayerReport]:
     """Look up layers by dotted name or paper alias, in network order; raise LayerError with the candidates."""
     aliases = dict(aliases or {})
     convertible = report.convertible()
@@ -303,7 +336,9 @@ def resolve_layers(report: NetworkReport, names: Sequence[str], aliases: Optiona
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise LayerError(f"unknown layer {raw!r}{hint}; convertible layers: {candidates}")
         if not layer.convertible:
-            raise LayerError(f"layer {layer.label} cannot be converted: {layer.reason}; convertible layers: {candidates}")
+            raise LayerError(
+                f"layer {layer.label} cannot be converted: {layer.reason}; convertible layers: {candidates}"
+            )
         if layer in resolved:
             raise LayerError(f"layer {layer.label} is listed twice; list each layer once")
         resolved.append(layer)

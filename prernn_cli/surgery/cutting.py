@@ -48,8 +48,9 @@ class SplitNetwork:
     head: FeedForwardPart
 
 
-def _extract(graph_module: fx.GraphModule, inputs: Sequence[fx.Node], outputs: Sequence[fx.Node] | fx.Node,
-             as_tuple: bool) -> fx.GraphModule:
+def _extract(
+    graph_module: fx.GraphModule, inputs: Sequence[fx.Node], outputs: Sequence[fx.Node] | fx.Node, as_tuple: bool
+) -> fx.GraphModule:
     """A GraphModule computing ``outputs`` from ``inputs`` with the nodes of ``graph_module`` between them."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -99,13 +100,17 @@ def split_network(
         regions.append(region)
     for first, second in zip(regions, regions[1:]):
         if second.layer not in trace.descendants(first.end):
-            raise LayerError(f"layers {first.layer.target} and {second.layer.target} are not one after the other on the main path; convert layers of one chain")
+            raise LayerError(
+                f"layers {first.layer.target} and {second.layer.target} are not one after the other on the main path; convert layers of one chain"
+            )
     trunk = _extract(trace.graph_module, [trace.placeholder], regions[0].inputs, as_tuple=True)
     between = [
         FeedForwardPart(_extract(trace.graph_module, [first.end], second.inputs, as_tuple=True), _shape(first.end))
         for first, second in zip(regions, regions[1:])
     ]
-    head = FeedForwardPart(_extract(trace.graph_module, [regions[-1].end], trace.output.args[0], as_tuple=False), _shape(regions[-1].end))
+    head = FeedForwardPart(
+        _extract(trace.graph_module, [regions[-1].end], trace.output.args[0], as_tuple=False), _shape(regions[-1].end)
+    )
     sites = [
         ConvertedSite(
             layer=modules[region.layer.target],
@@ -125,10 +130,14 @@ def split_at_features(
     modules = dict(trace.graph_module.named_modules())
     output_node = _output_layer(trace, modules)
     if output_node is None or not isinstance(modules[output_node.target], nn.Linear):
-        raise LayerError("the network has no fc output layer to put a traditional recurrent layer under; convert a layer instead")
+        raise LayerError(
+            "the network has no fc output layer to put a traditional recurrent layer under; convert a layer instead"
+        )
     features = output_node.args[0]
     shape = _shape(features)
     if shape is None or len(shape) != 1:
-        raise LayerError(f"the output layer {output_node.target} does not receive one feature vector per frame; a traditional design needs one")
+        raise LayerError(
+            f"the output layer {output_node.target} does not receive one feature vector per frame; a traditional design needs one"
+        )
     backbone = _extract(trace.graph_module, [trace.placeholder], [features], as_tuple=True)
     return backbone, modules[output_node.target], shape[0]

@@ -23,13 +23,29 @@ from torch.fx.passes.shape_prop import ShapeProp
 from prernn_cli.spec import InputSpec
 
 _ACTIVATION_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu",
-    nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu",
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Hardswish: "hardswish",
+    nn.LeakyReLU: "leaky_relu",
+    nn.ELU: "elu",
 }
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
-    F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.leaky_relu: "leaky_relu", F.elu: "elu",
-    torch.relu_: "relu", F.relu_: "relu",
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu6: "relu6",
+    torch.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    F.gelu: "gelu",
+    F.silu: "silu",
+    F.hardswish: "hardswish",
+    F.leaky_relu: "leaky_relu",
+    F.elu: "elu",
+    torch.relu_: "relu",
+    F.relu_: "relu",
 }
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -100,7 +116,9 @@ def _trace(model: nn.Module, input_spec: InputSpec) -> _Trace:
             ShapeProp(graph_module, fake_mode=mode).propagate(example)
     except RuntimeError as error:
         cause = error.__cause__ or error
-        raise ValueError(f"the example input {list(input_spec.step_shape())} does not run through it: {cause}") from cause
+        raise ValueError(
+            f"the example input {list(input_spec.step_shape())} does not run through it: {cause}"
+        ) from cause
     nodes = list(graph_module.graph.nodes)
     depends: dict[fx.Node, bool] = {}
     for node in nodes:

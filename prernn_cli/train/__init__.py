@@ -28,6 +28,13 @@ from prernn_cli.train.loop import train
 from prernn_cli.train.state import load_training_state
 
 __all__ = [
-    "TrainConfig", "OptimizerKind", "ScheduleKind", "EventKind", "ProgressEvent", "ProgressCallback", "TrainResult",
-    "train", "load_training_state",
+    "TrainConfig",
+    "OptimizerKind",
+    "ScheduleKind",
+    "EventKind",
+    "ProgressEvent",
+    "ProgressCallback",
+    "TrainResult",
+    "train",
+    "load_training_state",
 ]

@@ -10,21 +10,11 @@ from enum import Enum
 import torch
 from torch import nn
 
+from prernn_cli.choices import OptimizerKind, ScheduleKind
 from prernn_cli.data import Sampling
 from prernn_cli.errors import UserInputError
 from prernn_cli.metrics import ClipPool, ErrorNorm, MetricOptions
 from prernn_cli.spec import Task
-
-
-class OptimizerKind(str, Enum):
-    SGD = "sgd"  # with momentum, as in the paper
-    ADAMW = "adamw"
-
-
-class ScheduleKind(str, Enum):
-    COSINE = "cosine"
-    STEP = "step"
-    CONSTANT = "constant"
 
 
 @dataclass

@@ -47,7 +47,9 @@ def _augment(config: TrainConfig, splits: DataSplits) -> Augment | None:
     return Augment(translate=config.augment, flip=config.flip or bool(pairs), flip_pairs=pairs)
 
 
-def _datasets(spec: InputSpec, splits: DataSplits, config: TrainConfig) -> tuple[ClipDataset, ClipDataset, list[tuple[str, str]]]:
+def _datasets(
+    spec: InputSpec, splits: DataSplits, config: TrainConfig
+) -> tuple[ClipDataset, ClipDataset, list[tuple[str, str]]]:
     """Training and validation datasets, and the clips left out (too short for a dense window)."""
     augment = _augment(config, splits)
     skipped: list[tuple[str, str]] = []
@@ -61,16 +63,24 @@ def _datasets(spec: InputSpec, splits: DataSplits, config: TrainConfig) -> tuple
         if not train_clips:
             raise DataError("no training clip is long enough for one dense window; lower --steps")
     cache = FrameCache.open(Path(config.frame_cache), spec) if config.frame_cache else None
-    train_set = ClipDataset(train_clips, spec, splits.task, config.steps, config.sampling, augment, seed=config.seed, frame_cache=cache)
+    train_set = ClipDataset(
+        train_clips, spec, splits.task, config.steps, config.sampling, augment, seed=config.seed, frame_cache=cache
+    )
     val_sampling = Sampling.DENSE if config.sampling is Sampling.DENSE else Sampling.UNIFORM
-    val_set = ClipDataset(val_clips, spec, splits.task, config.steps, val_sampling, None, seed=config.seed, frame_cache=cache)
+    val_set = ClipDataset(
+        val_clips, spec, splits.task, config.steps, val_sampling, None, seed=config.seed, frame_cache=cache
+    )
     return train_set, val_set, skipped
 
 
-def run_data(spec: InputSpec, splits: DataSplits, config: TrainConfig, world: int, rank: int, device: torch.device) -> RunData:
+def run_data(
+    spec: InputSpec, splits: DataSplits, config: TrainConfig, world: int, rank: int, device: torch.device
+) -> RunData:
     """The datasets and the training loader of rank ``rank`` of ``world``."""
     train_set, val_set, skipped = _datasets(spec, splits, config)
-    shard = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=False)
+    shard = DistributedSampler(
+        range(len(train_set)), num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=False
+    )
     loader_kwargs = dict(
         batch_size=config.batch_size,
         num_workers=config.workers,

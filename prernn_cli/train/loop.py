@@ -1,19 +1,16 @@
 """The training loop: setup, resume, one epoch of optimiser steps, the end of an epoch.
 
-What stays fixed during a run lives in a :class:`_Context`, the data in a
+What stays fixed during a run lives in a :class:`RunContext`, the data in a
 :class:`~prernn_cli.train.loaders.RunData`, and what changes from step to step (model,
-optimiser, counters, history, best) in a :class:`_Run`, passed to each step of
+optimiser, counters, history, best) in a :class:`Run`, passed to each step of
 :func:`train` in turn.
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,137 +22,23 @@ from torch.utils.data import DataLoader
 from prernn_cli.checkpoint import save_converted
 from prernn_cli.data import DataSplits, collate
 from prernn_cli.devices import autocast_context
-from prernn_cli.errors import DataError, TrainingError, UserInputError
-from prernn_cli.metrics import MAIN_METRIC, Accumulator, check_model_outputs, report_skips, run_model, task_loss
-from prernn_cli.spec import Task
-from prernn_cli.train.config import TrainConfig, build_optimizer, schedule_factor
-from prernn_cli.train.distributed import ShardSampler, distributed_env, end_process_group, start_device
+from prernn_cli.errors import TrainingError
+from prernn_cli.metrics import MAIN_METRIC, Accumulator, report_skips, run_model, task_loss
+from prernn_cli.train.config import TrainConfig, schedule_factor
+from prernn_cli.train.distributed import ShardSampler
 from prernn_cli.train.events import EventKind, ProgressCallback, ProgressEvent, TrainResult
 from prernn_cli.train.loaders import RunData, run_data
-from prernn_cli.train.records import RunFiles, plot_curves, write_jsonl
-from prernn_cli.train.state import Position, load_training_state, restore_weights, save_last, set_rng_state
+from prernn_cli.train.records import plot_curves, write_jsonl
+from prernn_cli.train.run import Run, RunContext, prepare_optimizer, resume_run, save_run, start_run, tear_down
+from prernn_cli.train.state import load_training_state, restore_weights
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What stays fixed during a run: its inputs, this process's place in the world, where files go."""
-
-    config: TrainConfig
-    splits: DataSplits
-    world: int
-    rank: int
-    device: torch.device
-    files: RunFiles
-    progress: ProgressCallback | None
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def emit(self, event: ProgressEvent) -> None:
-        """Report progress (rank 0 only)."""
-        if self.progress is not None and self.is_main:
-            self.progress(event)
-
-
-@dataclass
-class _Run:
-    """What changes as a run goes: the model and its optimiser, the counters, the history, the best epoch."""
-
-    model: nn.Module
-    ddp_model: nn.Module | None  # the model itself, or its DDP wrapper under torchrun
-    optimizer: torch.optim.Optimizer | None
-    scheduler: LambdaLR
-    train_acc: Accumulator  # the current epoch's training results
-    position: Position = field(default_factory=Position)
-    history: list[dict] = field(default_factory=list)
-    best: dict | None = None
-    last_saved_step: int | None = None
-    resumed_partial: str = ""  # results of the interrupted epoch's batches before the resume
-    stopped_early: bool = False
-
-
-# ---------------------------------------------------------------- setup
-
-
-def _check_inputs(model: nn.Module, splits: DataSplits, config: TrainConfig) -> None:
-    if config.task is not splits.task:
-        raise UserInputError(f"--task {config.task.value} but the data is for {splits.task.value}; pass --task {splits.task.value}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise UserInputError("--epochs and --batch-size must be at least 1")
-    if not splits.train:
-        raise DataError("no training clips; add clips to the train split")
-    check_model_outputs(model, splits.task, splits.num_outputs)
-    if config.task is Task.CTC and config.steps < 2:
-        raise UserInputError("--task ctc needs --steps of at least 2")
-
-
-def _start(model: nn.Module, splits: DataSplits, output_dir: Path, config: TrainConfig, progress: ProgressCallback | None) -> _Context:
-    """Check the inputs, pick the device (joining the process group under torchrun), make the run folder."""
-    world, rank, local_rank = distributed_env()
-    _check_inputs(model, splits, config)
-    device = start_device(config.device, world, local_rank)
-    context = _Context(config, splits, world, rank, device, RunFiles.in_folder(output_dir), progress)
-    if context.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    # record what the model learns to predict
-    if splits.task is not Task.REGRESS:
-        model.spec = model.spec.with_updates(class_names=tuple(splits.class_names), task=splits.task.value)
-    else:
-        model.spec = model.spec.with_updates(task=splits.task.value)
-    return context
-
-
-def _optimizer(model: nn.Module, context: _Context) -> torch.optim.Optimizer:
-    """Seed this rank, freeze the trunk when asked, move the model to the device and build its optimiser."""
-    config = context.config
-    torch.manual_seed(config.seed + context.rank)
-    if config.freeze_trunk:
-        for param in model.trunk.parameters():
-            param.requires_grad_(False)
-    model.to(context.device)
-    return build_optimizer(model, config)
-
-
-# ---------------------------------------------------------------- resume and checkpoints
-
-
-def _resume(run: _Run, state: dict, device: torch.device) -> None:
-    """Continue where the state left off: optimiser, schedule, RNG, counters, history, best."""
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"], device)
-    run.position = Position(int(state["epoch"]), int(state["batch_in_epoch"]), int(state["global_step"]))
-    run.history = [json.loads(row) for row in state["history"]]
-    run.best = json.loads(state["best"]) if state.get("best") else None
-    run.last_saved_step = run.position.global_step
-    run.resumed_partial = state.get("train_partial") or ""
-    position = run.position
-    logger.info("resuming from %s at epoch %d, batch %d (step %d)", state["_path"], position.epoch + 1, position.batch_in_epoch, position.global_step)
-
-
-def _save_last(run: _Run, context: _Context) -> None:
-    """Save ``last`` and the training state at the run's position (rank 0 only)."""
-    if not context.is_main:
-        return
-    save_last(
-        run.model, run.optimizer, run.scheduler,
-        config=context.config, device=context.device, position=run.position, history=run.history, best=run.best,
-        train_acc=run.train_acc, last_path=context.files.last, state_path=context.files.state,
-    )
-    run.last_saved_step = run.position.global_step
 
 
 # ---------------------------------------------------------------- one epoch of optimiser steps
 
 
-def _start_epoch(run: _Run, context: _Context, data: RunData) -> None:
+def _start_epoch(run: Run, context: RunContext, data: RunData) -> None:
     config, position = context.config, run.position
     data.sampler.epoch, data.sampler.skip = position.epoch, position.batch_in_epoch * config.batch_size
     run.ddp_model.train()
@@ -165,10 +48,19 @@ def _start_epoch(run: _Run, context: _Context, data: RunData) -> None:
     if run.resumed_partial and position.batch_in_epoch:
         run.train_acc.load_json(run.resumed_partial)  # the resumed epoch reports all of its batches
     run.resumed_partial = ""
-    context.emit(ProgressEvent(EventKind.EPOCH_START, position.epoch, config.epochs, position.batch_in_epoch, data.steps_per_epoch, position.global_step))
+    context.emit(
+        ProgressEvent(
+            EventKind.EPOCH_START,
+            position.epoch,
+            config.epochs,
+            position.batch_in_epoch,
+            data.steps_per_epoch,
+            position.global_step,
+        )
+    )
 
 
-def _check_finite(run: _Run, context: _Context, loss: float, norm: float) -> None:
+def _check_finite(run: Run, context: RunContext, loss: float, norm: float) -> None:
     """Stop with a one-line error when the loss or the gradient norm is not finite."""
     if math.isfinite(loss) and math.isfinite(norm):
         return
@@ -178,10 +70,12 @@ def _check_finite(run: _Run, context: _Context, loss: float, norm: float) -> Non
     else:
         kept = "no checkpoint was written yet"
     position = run.position
-    raise TrainingError(f"{what} at epoch {position.epoch + 1}, step {position.global_step + 1}; training stopped and {kept}; lower --lr or set --clip-grad")
+    raise TrainingError(
+        f"{what} at epoch {position.epoch + 1}, step {position.global_step + 1}; training stopped and {kept}; lower --lr or set --clip-grad"
+    )
 
 
-def _step(run: _Run, context: _Context, batch: dict, empty: bool) -> tuple[torch.Tensor, float]:
+def _step(run: Run, context: RunContext, batch: dict, empty: bool) -> tuple[torch.Tensor, float]:
     """One optimiser step on ``batch``; an empty batch (every clip skipped) takes a zero-weight step."""
     config = context.config
     if empty:  # stay in lock-step with the other ranks: a zero-weight dummy step
@@ -206,7 +100,7 @@ def _step(run: _Run, context: _Context, batch: dict, empty: bool) -> tuple[torch
     return outputs, loss_value
 
 
-def _train_epoch(run: _Run, context: _Context, data: RunData) -> float:
+def _train_epoch(run: Run, context: RunContext, data: RunData) -> float:
     """The epoch's remaining batches (or up to ``max_steps``); returns the seconds they took."""
     config, position = context.config, run.position
     _start_epoch(run, context, data)
@@ -225,9 +119,24 @@ def _train_epoch(run: _Run, context: _Context, data: RunData) -> float:
             clips_seen += batch["size"]
         elapsed = time.perf_counter() - started
         speed = clips_seen * context.world / elapsed if elapsed > 0 else None
-        context.emit(ProgressEvent(EventKind.STEP, position.epoch, config.epochs, position.batch_in_epoch, data.steps_per_epoch, position.global_step, loss, speed))
-        if config.checkpoint_every and position.global_step % config.checkpoint_every == 0 and position.batch_in_epoch < data.steps_per_epoch:
-            _save_last(run, context)
+        context.emit(
+            ProgressEvent(
+                EventKind.STEP,
+                position.epoch,
+                config.epochs,
+                position.batch_in_epoch,
+                data.steps_per_epoch,
+                position.global_step,
+                loss,
+                speed,
+            )
+        )
+        if (
+            config.checkpoint_every
+            and position.global_step % config.checkpoint_every == 0
+            and position.batch_in_epoch < data.steps_per_epoch
+        ):
+            save_run(run, context)
         if config.max_steps and position.global_step >= config.max_steps:
             break
     return time.perf_counter() - started
@@ -236,15 +145,26 @@ def _train_epoch(run: _Run, context: _Context, data: RunData) -> float:
 # ---------------------------------------------------------------- end of an epoch
 
 
-def _epoch_results(run: _Run, context: _Context, data: RunData) -> tuple[Accumulator, Accumulator | None]:
+def _epoch_results(run: Run, context: RunContext, data: RunData) -> tuple[Accumulator, Accumulator | None]:
     """Training results and validation (when there are val clips), merged over all ranks."""
     config = context.config
     val_acc = None
     if len(data.val_set):
         sampler = ShardSampler(len(data.val_set), context.rank, context.world)
-        loader = DataLoader(data.val_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, collate_fn=collate)
+        loader = DataLoader(
+            data.val_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, collate_fn=collate
+        )
         skipped = data.skipped if context.is_main else None
-        val_acc = run_model(run.model, loader, context.splits.task, context.device, config.metric_options(), config.amp, skipped, config.strict)
+        val_acc = run_model(
+            run.model,
+            loader,
+            context.splits.task,
+            context.device,
+            config.metric_options(),
+            config.amp,
+            skipped,
+            config.strict,
+        )
     train_acc = run.train_acc
     if context.distributed:
         gathered: list = [None] * context.world
@@ -254,7 +174,7 @@ def _epoch_results(run: _Run, context: _Context, data: RunData) -> tuple[Accumul
     return train_acc, val_acc
 
 
-def _metrics_row(run: _Run, data: RunData, seconds: float, train_acc: Accumulator, val_acc: Accumulator | None) -> dict:
+def _metrics_row(run: Run, data: RunData, seconds: float, train_acc: Accumulator, val_acc: Accumulator | None) -> dict:
     row = {
         "epoch": run.position.epoch + 1,
         "step": run.position.global_step,
@@ -271,21 +191,27 @@ def _metrics_row(run: _Run, data: RunData, seconds: float, train_acc: Accumulato
     return row
 
 
-def _update_best(run: _Run, context: _Context, row: dict, validated: bool) -> None:
+def _update_best(run: Run, context: RunContext, row: dict, validated: bool) -> None:
     """Keep the epoch as ``best`` when its main metric (val, else train) beats the best so far; a tie goes to the lower loss."""
     metric = MAIN_METRIC[context.splits.task]
     score = row.get(f"val_{metric}", row.get(f"train_{metric}"))
     prefix = "val" if validated else "train"
     loss = row.get(f"{prefix}_loss")
     best = run.best
-    tie_better = best is not None and score == best["score"] and loss is not None and best.get("loss") is not None and loss < best["loss"]
+    tie_better = (
+        best is not None
+        and score == best["score"]
+        and loss is not None
+        and best.get("loss") is not None
+        and loss < best["loss"]
+    )
     if score is not None and (best is None or score > best["score"] or tie_better):
         run.best = {"epoch": run.position.epoch + 1, "metric": f"{prefix}_{metric}", "score": score, "loss": loss}
         if context.is_main:
             save_converted(run.model, context.files.best)
 
 
-def _end_epoch(run: _Run, context: _Context, data: RunData, seconds: float) -> None:
+def _end_epoch(run: Run, context: RunContext, data: RunData, seconds: float) -> None:
     """Validate, record the epoch's metrics row, keep the best model, save ``last``, write the records."""
     train_acc, val_acc = _epoch_results(run, context, data)
     row = _metrics_row(run, data, seconds, train_acc, val_acc)
@@ -293,43 +219,41 @@ def _end_epoch(run: _Run, context: _Context, data: RunData, seconds: float) -> N
     _update_best(run, context, row, validated=val_acc is not None)
     run.position.epoch += 1
     run.position.batch_in_epoch = 0
-    _save_last(run, context)
+    save_run(run, context)
     if context.is_main:
         write_jsonl(run.history, context.files.metrics)
         plot_curves(run.history, context.splits.task, context.files.curves)
     position, epochs = run.position, context.config.epochs
-    context.emit(ProgressEvent(EventKind.EPOCH_END, position.epoch - 1, epochs, data.steps_per_epoch, data.steps_per_epoch, position.global_step, row=row))
+    context.emit(
+        ProgressEvent(
+            EventKind.EPOCH_END,
+            position.epoch - 1,
+            epochs,
+            data.steps_per_epoch,
+            data.steps_per_epoch,
+            position.global_step,
+            row=row,
+        )
+    )
 
 
 # ---------------------------------------------------------------- the run
 
 
-def _run_epochs(run: _Run, context: _Context, data: RunData) -> None:
+def _run_epochs(run: Run, context: RunContext, data: RunData) -> None:
     """Train epoch after epoch until ``epochs`` (or ``max_steps``, saving ``last`` where it stopped)."""
     config = context.config
     while run.position.epoch < config.epochs:
         seconds = _train_epoch(run, context, data)
         reached_max = bool(config.max_steps and run.position.global_step >= config.max_steps)
         if reached_max and run.position.batch_in_epoch < data.steps_per_epoch:
-            _save_last(run, context)
+            save_run(run, context)
             run.stopped_early = True
             return
         _end_epoch(run, context, data, seconds)
         if reached_max:
             run.stopped_early = run.position.epoch < config.epochs
             return
-
-
-def _tear_down(run: _Run, data: RunData, context: _Context, finished: bool) -> None:
-    """Release the loader's workers and (under DDP) leave the process group.
-
-    The order avoids a rare abort at exit with gloo: the model wrapper, the optimiser
-    and the loader go first, then the process group.
-    """
-    run.ddp_model = run.optimizer = data.loader = None
-    gc.collect()
-    if context.distributed:
-        end_process_group(finished)
 
 
 def train(
@@ -342,29 +266,42 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``model`` on ``splits``; see :mod:`prernn_cli.train` for what is written."""
     output_dir = Path(output_dir)
-    context = _start(model, splits, output_dir, config, progress)
+    context = start_run(model, splits, output_dir, config, progress)
     state = load_training_state(resume) if resume is not None else None
     if state is not None:
         restore_weights(model, state, resume)
-    optimizer = _optimizer(model, context)
+    optimizer = prepare_optimizer(model, context)
     data = run_data(model.spec.input, splits, config, context.world, context.rank, context.device)
     scheduler = LambdaLR(optimizer, schedule_factor(config, data.steps_per_epoch))
-    run = _Run(model, model, optimizer, scheduler, Accumulator(splits.task, config.metric_options()))
+    run = Run(model, model, optimizer, scheduler, Accumulator(splits.task, config.metric_options()))
     if state is not None:
-        _resume(run, state, context.device)
+        resume_run(run, state, context.device)
     if context.distributed:
         device = context.device
-        run.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    context.emit(ProgressEvent(EventKind.START, run.position.epoch, config.epochs, info={
-        "device": str(context.device), "world_size": context.world, "train_clips": len(data.train_set), "val_clips": len(data.val_set),
-        "steps_per_epoch": data.steps_per_epoch, "resumed_at_step": run.position.global_step if state is not None else None,
-    }))
+        run.ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    context.emit(
+        ProgressEvent(
+            EventKind.START,
+            run.position.epoch,
+            config.epochs,
+            info={
+                "device": str(context.device),
+                "world_size": context.world,
+                "train_clips": len(data.train_set),
+                "val_clips": len(data.val_set),
+                "steps_per_epoch": data.steps_per_epoch,
+                "resumed_at_step": run.position.global_step if state is not None else None,
+            },
+        )
+    )
     finished = False
     try:
         _run_epochs(run, context, data)
         finished = True
     finally:
-        _tear_down(run, data, context, finished)
+        tear_down(run, data, context, finished)
     if context.is_main and data.skipped:
         logger.warning("%d clip(s) skipped (unreadable or too short)", len(data.skipped))
     context.emit(ProgressEvent(EventKind.DONE, run.position.epoch, config.epochs, global_step=run.position.global_step))

@@ -56,13 +56,19 @@ def load_training_state(path: Path) -> dict:
     elif path.name.endswith(".safetensors"):
         path = path.with_name(path.name[: -len(".safetensors")] + ".state.pt")
     if not path.exists():
-        raise UserInputError(f"no training state at {path}; --resume takes a run folder (with last.state.pt) or its last.safetensors")
+        raise UserInputError(
+            f"no training state at {path}; --resume takes a run folder (with last.state.pt) or its last.safetensors"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise UserInputError(f"training state {path} cannot be read ({str(error).splitlines()[0][:120]}); resume from an intact run folder") from None
+        raise UserInputError(
+            f"training state {path} cannot be read ({str(error).splitlines()[0][:120]}); resume from an intact run folder"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserInputError(f"{path} is not a prernn training state; --resume takes a run folder written by prernn train")
+        raise UserInputError(
+            f"{path} is not a prernn training state; --resume takes a run folder written by prernn train"
+        )
     state["_path"] = str(path)
     return state
 
@@ -86,7 +92,9 @@ def restore_weights(model: nn.Module, state: dict, resume: Path) -> None:
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
     if ours != theirs:
-        raise UserInputError(f"--resume {resume} holds weights of a different shape; resume with the model that run started from")
+        raise UserInputError(
+            f"--resume {resume} holds weights of a different shape; resume with the model that run started from"
+        )
     model.load_state_dict(state["model"])
 
 
