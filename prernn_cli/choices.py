@@ -43,6 +43,13 @@ class ScheduleKind(str, Enum):
     CONSTANT = "constant"
 
 
+class FeatureDtype(str, Enum):
+    """How the trunk-output cache stores features: half the disk in float16, exact in float32."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
 class Provider(str, Enum):
     """Which onnxruntime execution provider runs the model."""
 

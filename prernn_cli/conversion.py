@@ -21,7 +21,8 @@ from torch import nn
 from prernn_cli.architectures import paper_aliases
 from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_checkpoint, save_converted
 from prernn_cli.errors import ConversionError, LayerError
-from prernn_cli.files import check_writable_output
+from prernn_cli.files import check_writable_output, refuse_overwriting
+from prernn_cli.input_size import input_at, report_at, resolve_at
 from prernn_cli.model import RecurrentModel, build_recurrent_model
 from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params, table3_ratio
 from prernn_cli.spec import CellType, Design, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec
@@ -49,6 +50,7 @@ class ConversionResult:
     table3_ratio: Optional[float]  # SIH ÷ PreRNN recurrent parameters for these layers (LSTM/GRU)
     head: HeadKind
     outputs: Optional[int]
+    input: Optional[InputSpec] = None  # what one step of the converted model takes (its size recorded in the spec)
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +67,7 @@ class ConversionResult:
             "table3_ratio": self.table3_ratio,
             "head": self.head.value,
             "outputs": self.outputs,
+            "input": self.input.to_dict() if self.input is not None else None,
         }
 
 
@@ -252,6 +255,7 @@ def _summarise(
         table3_ratio=table3_ratio(shapes, model.spec.cell),
         head=model.spec.head,
         outputs=model.spec.outputs,
+        input=model.spec.input,
     )
 
 
@@ -270,23 +274,31 @@ def convert_checkpoint(
     arch: Optional[str] = None,
     trust_pickle: bool = False,
     seed: int = 0,
+    input_size: Optional[Sequence[int]] = None,
+    snippet_length: Optional[int] = None,
 ) -> ConversionResult:
     """Convert ``layers`` of the network in ``checkpoint`` and write our safetensors format to ``output``.
 
     The new weights are drawn from a generator seeded with ``seed``: the same command writes the same file.
+    ``input_size`` (height, width) and ``snippet_length`` (3D backbones) replace the network's own
+    input: the spec records them, and convertibility and parameter counts are those at that size.
     """
     output = check_writable_output(Path(output))
+    refuse_overwriting(output, checkpoint)
     head, head_size = _head_choice(num_classes, outputs)
     loaded = _load_base(checkpoint, arch, trust_pickle)
     base = loaded.model.eval()
     aliases = paper_aliases(loaded.architecture, base)
-    report = network_report(base, loaded.input_spec, aliases)
+    input_spec = input_at(loaded.input_spec, input_size, snippet_length)
+    report = report_at(base, loaded.architecture, input_spec, aliases, loaded.input_spec)
+    if report.traced:
+        resolve_at(report, layers, aliases, input_spec, loaded.input_spec)
     with torch.random.fork_rng(devices=[]):  # seeded new weights, the caller's RNG state untouched
         torch.manual_seed(seed)
         model = convert(
             base,
             loaded.architecture,
-            loaded.input_spec,
+            input_spec,
             layers,
             cell,
             sih=sih,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader
 
+from prernn_cli.choices import ClipPool, ErrorNorm
 from prernn_cli.data import (
     ClipDataset,
     DataSplits,
@@ -24,9 +25,9 @@ from prernn_cli.data import (
 )
 from prernn_cli.devices import resolve_device
 from prernn_cli.errors import DataError
-from prernn_cli.files import atomic_path
+from prernn_cli.files import atomic_path, finite_json, output_folder
 from prernn_cli.metrics import Accumulator, MetricOptions, check_model_outputs, run_model
-from prernn_cli.spec import InputSpec, Task
+from prernn_cli.spec import InputSpec, ModelSpec, Task, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,12 @@ class EvaluationResult:
     confusion: list[list[int]] | None
     skipped: list[tuple[str, str]]
     files: dict[str, str]
+    settings: EvaluationSettings | None = None
 
     def to_dict(self) -> dict:
         return {
             "split": self.split,
+            "settings": self.settings.to_dict() if self.settings else None,
             "task": self.task.value,
             "metrics": self.metrics,
             "classes": list(self.class_names),
@@ -89,12 +92,24 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
 
 
 def _split_clips(
-    model: nn.Module, data: Path, split: str, val_fraction: float, task: Task | None
+    model: nn.Module,
+    data: Path,
+    split: str,
+    val_fraction: float,
+    task: Task | None,
+    split_file: Path | None = None,
+    group_by: str | None = None,
 ) -> tuple[DataSplits, list]:
-    """The data's splits and the clips of ``split``, checked against what the model was trained on."""
+    """The data's splits and the clips of ``split``, checked against what the model was trained on.
+
+    Without ``split_file`` or ``group_by``, the val split is held out as training held it out
+    (its recorded ``--group-by``, if any).
+    """
     spec = model.spec
     task = task or (Task(spec.task) if spec.task else None)
-    splits = discover(Path(data), val_fraction=val_fraction, task=task)
+    if group_by is None and split_file is None and spec.training is not None:
+        group_by = spec.training.group_by
+    splits = discover(Path(data), val_fraction=val_fraction, task=task, split_file=split_file, group_by=group_by)
     check_targets(splits)
     if spec.class_names and splits.task is not Task.REGRESS and tuple(spec.class_names) != tuple(splits.class_names):
         raise DataError(
@@ -146,52 +161,139 @@ def _per_class(acc: Accumulator, class_names: Sequence[str]) -> tuple[dict[str, 
     return per_class, matrix
 
 
+def report_names(split: str) -> tuple[str, str]:
+    """The files ``-o DIR`` receives: the confusion matrix PNG (classify) and the JSON report."""
+    return f"confusion_{split}.png", f"evaluation_{split}.json"
+
+
 def _write_report(result: EvaluationResult, matrix: np.ndarray | None, output_dir: Path) -> None:
     """``confusion_<split>.png`` (classify) and ``evaluation_<split>.json``; their paths go to ``result.files``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if matrix is not None:
-        png = output_dir / f"confusion_{result.split}.png"
-        plot_confusion(
-            matrix, result.class_names, png, title=f"{result.split}: accuracy {result.metrics['accuracy']:.3f}"
+    png, report = (output_dir / name for name in report_names(result.split))
+    with output_folder(output_dir, "report folder"):
+        if matrix is not None:
+            title = f"{result.split}: accuracy {result.metrics['accuracy']:.3f}"
+            plot_confusion(matrix, result.class_names, png, title=title)
+            result.files["confusion_png"] = str(png)
+        result.files["report_json"] = str(report)
+        with atomic_path(report) as tmp:
+            tmp.write_text(finite_json(result.to_dict(), indent=2))
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How clips are sampled and scored; by default what the model's training recorded."""
+
+    steps: int
+    sampling: Sampling
+    val_fraction: float
+    options: MetricOptions
+    differences: tuple[str, ...] = ()  # the settings given that differ from training, as "--flag value (trained: x)"
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "sampling": self.sampling.value,
+            "val_fraction": self.val_fraction,
+            "clip_pool": self.options.clip_pool.value,
+            "error_norm": self.options.error_norm.value,
+            "norm_points": list(self.options.norm_points) if self.options.norm_points else None,
+            "auc_threshold": self.options.auc_threshold,
+            "differs_from_training": list(self.differences),
+        }
+
+
+def evaluation_settings(
+    spec: ModelSpec,
+    *,
+    steps: int | None = None,
+    sampling: Sampling | str | None = None,
+    val_fraction: float | None = None,
+    clip_pool: ClipPool | str | None = None,
+    error_norm: ErrorNorm | str | None = None,
+    norm_points: tuple[int, int] | None = None,
+    auc_threshold: float | None = None,
+) -> EvaluationSettings:
+    """Settings given explicitly win; the rest come from the model's training record (defaults if untrained).
+
+    Training validated with uniform steps (dense windows when it trained on dense ones), so
+    that is the default sampling here.
+    """
+    record = spec.training or TrainingRecord(task=Task(spec.task) if spec.task else Task.CLASSIFY, steps=8)
+    trained = {
+        "--steps": record.steps,
+        "--sampling": Sampling(record.eval_sampling),
+        "--val-fraction": record.val_fraction,
+        "--clip-pool": ClipPool(record.clip_pool),
+        "--error-norm": ErrorNorm(record.error_norm),
+        "--norm-points": record.norm_points,
+        "--auc-threshold": record.auc_threshold,
+    }
+    given = {
+        "--steps": steps,
+        "--sampling": Sampling(sampling) if sampling is not None else None,
+        "--val-fraction": val_fraction,
+        "--clip-pool": ClipPool(clip_pool) if clip_pool is not None else None,
+        "--error-norm": ErrorNorm(error_norm) if error_norm is not None else None,
+        "--norm-points": tuple(norm_points) if norm_points is not None else None,
+        "--auc-threshold": auc_threshold,
+    }
+    chosen = {flag: trained[flag] if value is None else value for flag, value in given.items()}
+    differences = ()
+    if spec.training is not None:
+        differences = tuple(
+            f"{flag} {_shown(chosen[flag])} (trained with {_shown(trained[flag])})"
+            for flag in given
+            if given[flag] is not None and given[flag] != trained[flag]
         )
-        result.files["confusion_png"] = str(png)
-    report = output_dir / f"evaluation_{result.split}.json"
-    result.files["report_json"] = str(report)
-    with atomic_path(report) as tmp:
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    options = MetricOptions(
+        chosen["--clip-pool"], chosen["--error-norm"], chosen["--norm-points"], chosen["--auc-threshold"]
+    )
+    return EvaluationSettings(chosen["--steps"], chosen["--sampling"], chosen["--val-fraction"], options, differences)
+
+
+def _shown(value) -> str:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def evaluate(
     model: nn.Module,
     data: Path,
     split: str = "val",
-    steps: int = 8,
+    settings: EvaluationSettings | None = None,
+    *,
     batch_size: int = 8,
-    sampling=None,
-    val_fraction: float = 0.2,
     task: Task | None = None,
     workers: int = 0,
     device: str = "auto",
-    options: MetricOptions | None = None,
     output_dir: Path | None = None,
     strict: bool = False,
     amp: bool = True,
     frame_cache: Path | None = None,
+    split_file: Path | None = None,
+    group_by: str | None = None,
 ) -> EvaluationResult:
-    """Metrics of ``model`` on ``split`` of ``data`` (clip folder or manifest).
+    """Metrics of ``model`` on ``split`` of ``data`` (clip folder, manifest, or the folder ``split_file`` lists).
 
-    Class names and the task come from the model's spec when it was trained
-    with prernn; the data's classes must match them. With ``output_dir``, also
-    writes the confusion matrix (classify) and the report there.
+    ``settings`` default to how the model was trained (:func:`evaluation_settings`), so a
+    trained model's ``best`` checkpoint scores what training reported for it. Class names
+    and the task come from the model's spec when it was trained with prernn; the data's
+    classes must match them. With ``output_dir``, also writes the confusion matrix
+    (classify) and the report there.
     """
-    splits, clips = _split_clips(model, data, split, val_fraction, task)
+    settings = settings or evaluation_settings(model.spec)
+    splits, clips = _split_clips(model, data, split, settings.val_fraction, task, split_file, group_by)
     task = splits.task
     dev = resolve_device(device)
     model.to(dev)
     skipped: list[tuple[str, str]] = []
-    sampling = Sampling(sampling) if sampling else Sampling.UNIFORM
-    loader = _loader(model.spec.input, clips, task, steps, batch_size, sampling, workers, frame_cache, skipped)
-    acc = run_model(model, loader, task, dev, options or MetricOptions(), amp=amp, skipped=skipped, strict=strict)
+    loader = _loader(
+        model.spec.input, clips, task, settings.steps, batch_size, settings.sampling, workers, frame_cache, skipped
+    )
+    acc = run_model(model, loader, task, dev, settings.options, amp=amp, skipped=skipped, strict=strict)
     if acc.clips == 0:
         raise DataError(
             f"no usable clips in split {split!r} of {data} ({len(skipped)} skipped); see the warnings for why"
@@ -200,7 +302,7 @@ def evaluate(
     metrics["skipped"] = len(skipped)
     per_class, matrix = _per_class(acc, splits.class_names) if task is Task.CLASSIFY else ({}, None)
     confusion = matrix.tolist() if matrix is not None else None
-    result = EvaluationResult(split, task, metrics, splits.class_names, per_class, confusion, skipped, {})
+    result = EvaluationResult(split, task, metrics, splits.class_names, per_class, confusion, skipped, {}, settings)
     if output_dir is not None:
         _write_report(result, matrix, Path(output_dir))
     return result

@@ -17,12 +17,18 @@ from typing import Optional
 
 from torch import nn
 
-from prernn_cli.architectures import architecture_input, build_empty_architecture, paper_aliases
+from prernn_cli.architectures import (
+    architecture_input,
+    build_empty_architecture,
+    build_registered_architecture,
+    paper_aliases,
+)
 from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_checkpoint
 from prernn_cli.errors import ArchitectureError, ConversionError, PrernnError
+from prernn_cli.input_size import input_at, report_at, resize_model, resolve_at
 from prernn_cli.params import ALL_CELLS, LayerShape, ParamsReport, count_parameters
 from prernn_cli.spec import CellType, InputSpec, ModelSpec
-from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
+from prernn_cli.surgery import LayerReport, NetworkReport
 
 __all__ = [
     "Inspection",
@@ -139,7 +145,8 @@ def _count(model: nn.Module) -> tuple[int, int]:
 
 def _base_aliases(spec: ModelSpec) -> dict[str, str]:
     try:
-        base = build_empty_architecture(spec.base_architecture, spec.base_num_classes)
+        # a name read from a file: registered architectures only (a user's class has no paper aliases)
+        base = build_registered_architecture(spec.base_architecture, spec.base_num_classes)
     except PrernnError as error:
         logger.info("no paper aliases for %s: %s", spec.base_architecture, error)
         return {}
@@ -167,16 +174,32 @@ def _recurrent_rows(model: nn.Module, spec: ModelSpec, aliases: dict[str, str]) 
     return tuple(rows)
 
 
-def inspect_loaded(loaded: LoadedCheckpoint, path: Path | str = "") -> Inspection:
-    """Describe an already loaded checkpoint."""
+def inspect_loaded(
+    loaded: LoadedCheckpoint,
+    path: Path | str = "",
+    input_size: Optional[Sequence[int]] = None,
+    snippet_length: Optional[int] = None,
+    user_class: Optional[str] = None,
+) -> Inspection:
+    """Describe an already loaded checkpoint, at its own input or at ``input_size`` / ``snippet_length``.
+
+    At another size a network is traced there (shapes and convertibility at that size); a converted
+    model is checked as ``train --input-size`` would move it (``user_class``: the class it was built on).
+    """
     total, trainable = _count(loaded.model)
-    if loaded.spec is not None:
-        base_aliases = _base_aliases(loaded.spec)
+    spec, input_spec = loaded.spec, loaded.input_spec
+    if spec is not None:
+        if input_size is not None or snippet_length is not None:
+            spec = resize_model(loaded.model, input_size, snippet_length, user_class).spec
+            input_spec = spec.input
+        base_aliases = _base_aliases(spec)
         network = None
-        recurrent = _recurrent_rows(loaded.model, loaded.spec, base_aliases)
+        recurrent = _recurrent_rows(loaded.model, spec, base_aliases)
     else:
         base_aliases = paper_aliases(loaded.architecture, loaded.model)
-        network = network_report(loaded.model, loaded.input_spec, base_aliases)
+        input_spec = input_at(loaded.input_spec, input_size, snippet_length)
+        name = loaded.architecture or "the network"
+        network = report_at(loaded.model, name, input_spec, base_aliases, loaded.input_spec)
         recurrent = ()
     num_classes = loaded.num_classes
     if num_classes is None and network is not None and network.output_layer:
@@ -190,18 +213,25 @@ def inspect_loaded(loaded: LoadedCheckpoint, path: Path | str = "") -> Inspectio
         num_classes=num_classes,
         total_params=total,
         trainable_params=trainable,
-        input_spec=loaded.input_spec,
-        input_known=loaded.input_known,
+        input_spec=input_spec,
+        input_known=loaded.input_known or input_size is not None,
         aliases=base_aliases,
         network=network,
-        spec=loaded.spec,
+        spec=spec,
         recurrent=recurrent,
     )
 
 
-def inspect_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: bool = False) -> Inspection:
-    """Load ``path`` (see :func:`~prernn_cli.checkpoint.load_checkpoint`) and describe it."""
-    return inspect_loaded(load_checkpoint(path, arch=arch, trust_pickle=trust_pickle), path)
+def inspect_checkpoint(
+    path: Path | str,
+    arch: Optional[str] = None,
+    trust_pickle: bool = False,
+    input_size: Optional[Sequence[int]] = None,
+    snippet_length: Optional[int] = None,
+) -> Inspection:
+    """Load ``path`` (see :func:`~prernn_cli.checkpoint.load_checkpoint`) and describe it (at ``input_size``, if given)."""
+    loaded = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+    return inspect_loaded(loaded, path, input_size, snippet_length, user_class=arch)
 
 
 # ---------------------------------------------------------------- parameter accounting of a network (prernn params)
@@ -215,13 +245,16 @@ def account_layers(
     cells: Iterable[CellType] = ALL_CELLS,
     traditional_layers: int = 1,
     architecture: str | None = None,
+    own_input: InputSpec | None = None,
 ) -> ParamsReport:
-    """Find ``layer_names`` in ``model`` (dotted names or paper aliases) and account them.
+    """Find ``layer_names`` in ``model`` (dotted names or paper aliases) and account them at ``input_spec``.
 
-    Only shapes matter, so ``model`` may live on the meta device.
+    Only shapes matter, so ``model`` may live on the meta device. ``own_input``, the network's own
+    input when ``input_spec`` is one the user chose: errors then name the size.
     """
-    network = network_report(model, input_spec, aliases)
-    resolved = resolve_layers(network, list(layer_names), dict(aliases or {}))
+    own = own_input or input_spec
+    network = report_at(model, architecture or "the network", input_spec, dict(aliases or {}), own)
+    resolved = resolve_at(network, list(layer_names), dict(aliases or {}), input_spec, own)
     shapes = [LayerShape.from_report(layer, network) for layer in resolved]
     logger.info("accounting %s (feature size %s)", ", ".join(shape.label for shape in shapes), network.feature_size)
     base_params = sum(p.numel() for p in model.parameters())
@@ -249,8 +282,13 @@ def account_checkpoint(
     cells: Iterable[CellType] = ALL_CELLS,
     traditional_layers: int = 1,
     trust_pickle: bool = False,
+    input_size: Sequence[int] | None = None,
+    snippet_length: int | None = None,
 ) -> ParamsReport:
-    """``prernn params``: account a checkpoint's layers, or an architecture's (random weights, meta device)."""
+    """``prernn params``: account a checkpoint's layers, or an architecture's (random weights, meta device).
+
+    ``input_size`` / ``snippet_length``: count at that input instead of the network's own.
+    """
     if checkpoint is None:
         if not arch:
             raise ArchitectureError("give a CHECKPOINT or --arch NAME (e.g. prernn params --arch vgg16 --layer fc6)")
@@ -269,10 +307,11 @@ def account_checkpoint(
     aliases = paper_aliases(architecture, model) if architecture else {}
     return account_layers(
         model,
-        input_spec,
+        input_at(input_spec, input_size, snippet_length),
         layer_names,
         aliases,
         cells=cells,
         traditional_layers=traditional_layers,
         architecture=architecture,
+        own_input=input_spec,
     )

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from prernn_cli.choices import ClipPool, ErrorNorm
 from prernn_cli.devices import autocast_context
 from prernn_cli.errors import DataError, UserInputError
+from prernn_cli.files import finite_json
 from prernn_cli.spec import HeadKind, Task
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Accumulator:
 
     def to_json(self) -> str:
         """Partial results as JSON (kept in the training state so a resumed epoch reports the whole epoch)."""
-        return json.dumps(
+        return finite_json(
             {
                 "loss_sum": self.loss_sum,
                 "clips": self.clips,
@@ -153,7 +154,7 @@ class Accumulator:
     def load_json(self, text: str) -> None:
         data = json.loads(text)
         self.loss_sum, self.clips, self.indices, self.labels = (
-            data["loss_sum"],
+            float("nan") if data["loss_sum"] is None else data["loss_sum"],
             data["clips"],
             data["indices"],
             data["labels"],

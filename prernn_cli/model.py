@@ -31,6 +31,8 @@ class RecurrentModel(nn.Module):
     ``forward(frames, state=None)`` takes ``frames`` ``[B, T, C, H, W]`` (3D backbones
     ``[B, T, C, L, H, W]``) and returns ``(outputs [B, T, …], state)``, ``state`` holding
     one entry per recurrent layer: ``h`` ``[B, H]``, or ``(h, c)`` for an LSTM.
+    ``forward_from_trunk`` does the same from the trunk's outputs (computed once, for a
+    frozen trunk: :mod:`prernn_cli.data.trunk_cache`).
     """
 
     def __init__(
@@ -88,11 +90,41 @@ class RecurrentModel(nn.Module):
     ) -> tuple[Tensor, list[LayerState]]:
         self._check_frames(frames)
         batch, steps = frames.shape[:2]
+        inputs = self.trunk(frames.flatten(0, 1))
+        return self._from_trunk(inputs, batch, steps, state, gate_observer)
+
+    def forward_from_trunk(
+        self,
+        trunk_outputs: Sequence[Tensor],
+        state: Optional[Sequence[LayerState]] = None,
+        gate_observer: Optional[GateObserver] = None,
+    ) -> tuple[Tensor, list[LayerState]]:
+        """:meth:`forward` from the trunk's outputs on, for a trunk whose outputs were computed before.
+
+        ``trunk_outputs`` are what ``self.trunk`` returns for the ``B·T`` steps, each laid
+        out per sequence ``[B, T, …]``: the first converted layer's input, plus its residual
+        shortcut for a conv layer with one. ``forward(frames)`` is the trunk, then this.
+        """
+        if not trunk_outputs or any(t.dim() < 3 or t.shape[:2] != trunk_outputs[0].shape[:2] for t in trunk_outputs):
+            shapes = [tuple(t.shape) for t in trunk_outputs]
+            raise ValueError(f"expected the trunk's outputs laid out [B, T, …] with one B and T, got shapes {shapes}")
+        batch, steps = trunk_outputs[0].shape[:2]
+        inputs = tuple(tensor.flatten(0, 1) for tensor in trunk_outputs)
+        return self._from_trunk(inputs, batch, steps, state, gate_observer)
+
+    def _from_trunk(
+        self,
+        inputs: Sequence[Tensor],
+        batch: int,
+        steps: int,
+        state: Optional[Sequence[LayerState]],
+        gate_observer: Optional[GateObserver],
+    ) -> tuple[Tensor, list[LayerState]]:
+        """The recurrent layers, the feed-forward parts between them and the head, on the trunk's ``B·T`` outputs."""
         if state is None:
             state = [None] * len(self.layers)
         elif len(state) != len(self.layers):
             raise ValueError(f"expected a state for each of the {len(self.layers)} recurrent layers, got {len(state)}")
-        inputs = self.trunk(frames.flatten(0, 1))
         new_state: list[LayerState] = []
         for index, layer in enumerate(self.layers):
             per_sequence = [tensor.view(batch, steps, *tensor.shape[1:]) for tensor in inputs]

@@ -14,6 +14,7 @@ from enum import Enum
 FORMAT_VERSION = 1
 SPEC_METADATA_KEY = "prernn_spec"
 DEFAULT_SNIPPET_LENGTH = 16  # C3D's snippet length, for a 3D input spec that names none
+MAX_SIZE = 2**31 - 1  # no layer, image or class count comes near: a larger one is a corrupt or hostile spec
 
 
 class CellType(str, Enum):
@@ -113,13 +114,21 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> InputSpec:
+        """Read a stored input spec, checking every value's type and range (ValueError or TypeError if not)."""
+        channels = _count(data["channels"], "channels")
+        size = tuple(_count(side, "size") for side in _sequence(data["size"], "size", 2))
+        snippet = data.get("snippet_length")
+        mean = tuple(_finite(value, "mean") for value in _sequence(data["mean"], "mean", channels))
+        std = tuple(_finite(value, "std") for value in _sequence(data["std"], "std", channels))
+        if 0.0 in std:
+            raise ValueError("input std holds a 0")
         return cls(
             frame_kind=FrameKind(data["frame_kind"]),
-            channels=int(data["channels"]),
-            size=tuple(data["size"]),
-            snippet_length=data.get("snippet_length"),
-            mean=tuple(data["mean"]),
-            std=tuple(data["std"]),
+            channels=channels,
+            size=size,
+            snippet_length=None if snippet is None else _count(snippet, "snippet_length"),
+            mean=mean,
+            std=std,
         )
 
 
@@ -140,7 +149,13 @@ class RecurrentLayerSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> RecurrentLayerSpec:
-        return cls(**{**data, "kind": LayerKind(data["kind"])})
+        """Read a stored layer, checking its sizes and names (ValueError or TypeError if wrong)."""
+        layer = cls(**{**data, "kind": LayerKind(data["kind"])})
+        _count(layer.hidden_size, "hidden_size")
+        _count(layer.input_size, "input_size")
+        if not isinstance(layer.name, str) or not isinstance(layer.activation, str):
+            raise TypeError("a layer's name and activation must be strings")
+        return layer
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,7 @@ class TrainingRecord:
     norm_points: tuple[int, int] | None = None
     auc_threshold: float = 0.08
     val_fraction: float = 0.2
+    group_by: str | None = None  # the --group-by regex of the val holdout (None: clip by clip)
 
     @property
     def eval_sampling(self) -> str:
@@ -178,13 +194,14 @@ class TrainingRecord:
         points = data.get("norm_points")
         return cls(
             task=Task(data["task"]),
-            steps=int(data["steps"]),
+            steps=_count(data["steps"], "steps"),
             sampling=str(data.get("sampling", "random")),
             clip_pool=str(data.get("clip_pool", "mean")),
             error_norm=str(data.get("error_norm", "none")),
             norm_points=(int(points[0]), int(points[1])) if points else None,
-            auc_threshold=float(data.get("auc_threshold", 0.08)),
-            val_fraction=float(data.get("val_fraction", 0.2)),
+            auc_threshold=_finite(data.get("auc_threshold", 0.08), "auc_threshold"),
+            val_fraction=_finite(data.get("val_fraction", 0.2), "val_fraction"),
+            group_by=str(data["group_by"]) if data.get("group_by") else None,
         )
 
 
@@ -249,18 +266,20 @@ class ModelSpec:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"unsupported prernn format version {version!r} (this tool reads {FORMAT_VERSION})")
+        if HeadKind(data["head"]) is not HeadKind.ORIGINAL and data.get("outputs") is None:
+            raise ValueError(f"a new {data['head']} head needs its number of outputs")
         return cls(
             base_architecture=data["base_architecture"],
             layers=tuple(RecurrentLayerSpec.from_dict(layer) for layer in data["layers"]),
             cell=CellType(data["cell"]),
             design=_design_from_dict(data),
             head=HeadKind(data["head"]),
-            outputs=data.get("outputs"),
-            base_num_classes=data.get("base_num_classes"),
+            outputs=_optional_count(data, "outputs"),
+            base_num_classes=_optional_count(data, "base_num_classes"),
             input=InputSpec.from_dict(data["input"]),
             init_hh=InitScheme(data.get("init_hh", "uniform")),
-            class_names=tuple(data["class_names"]) if data.get("class_names") else None,
-            task=data.get("task"),
+            class_names=_names(data["class_names"]) if data.get("class_names") else None,
+            task=None if data.get("task") is None else Task(data["task"]).value,
             training=TrainingRecord.from_dict(data["training"]) if data.get("training") else None,
             format_version=version,
         )
@@ -268,6 +287,43 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         return cls.from_dict(json.loads(text))
+
+
+def _count(value: object, what: str) -> int:
+    """A stored size or count: a whole number from 1 to :data:`MAX_SIZE` (a bool or a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} is {value!r}, not a whole number")
+    if not 1 <= value <= MAX_SIZE:
+        raise ValueError(f"{what} is {value}, outside 1..{MAX_SIZE}")
+    return value
+
+
+def _optional_count(data: dict, key: str) -> int | None:
+    """``data[key]``: absent or null, else a :func:`_count`."""
+    return None if data.get(key) is None else _count(data[key], key)
+
+
+def _finite(value: object, what: str) -> float:
+    """A stored real number: an int or a finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise TypeError(f"{what} holds {value!r}, not a finite number")
+    return float(value)
+
+
+def _sequence(value: object, what: str, length: int) -> list:
+    """A stored list of ``length`` items."""
+    if not isinstance(value, list) or len(value) != length:
+        raise ValueError(f"{what} is {value!r}, not a list of {length}")
+    return value
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """Stored class names: a list of distinct strings."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise TypeError("class_names is not a list of strings")
+    if len(set(value)) != len(value):
+        raise ValueError("class_names names a class twice")
+    return tuple(value)
 
 
 def _design_from_dict(data: dict) -> Design:

@@ -7,8 +7,9 @@ them, prints the comparison side by side, looks inside their gates (the paper's
 Figure 2), then exports both to ONNX (validated against PyTorch) and streams a
 validation clip through the exported PreGRU step model.
 
-Every step is a real ``prernn`` command, printed before it runs, so each can be
-rerun by hand. Run from the repository root:
+Every step is a real ``prernn`` command, printed before it runs and shown as it runs
+(training draws its progress bars), followed by the time it took, so each can be rerun
+by hand. Run from the repository root:
 
     .venv/bin/python sample_models/demo.py [--out demo_out] [--epochs 4]
 """
@@ -23,28 +24,63 @@ import sys
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 console = Console(highlight=False)
 TRAINING = ["--steps", "8", "--optimizer", "adamw", "--lr", "0.001", "--clip-pool", "last", "--seed", "0"]
+DESIGNS = {"PreGRU-SIH": ["--sih"], "TraGRU": ["--traditional"]}
 
 
 def prernn(*args: object, capture_json: bool = False):
-    """Run one ``prernn`` command as a user would, printing it first; return its JSON when asked."""
+    """Run one ``prernn`` command as a user would: print it, let it print, then its time; its JSON when asked."""
     argv = [str(arg) for arg in args]
-    console.print(f"\n[bold cyan]$ prernn {' '.join(shlex.quote(arg) for arg in argv)}[/]")
+    console.print(f"\n[bold cyan]$ prernn {shlex.join(argv)}[/]", soft_wrap=True)
+    started = time.perf_counter()
     command = [sys.executable, "-m", "prernn_cli", *argv]
-    if capture_json:
-        done = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            sys.exit(done.returncode)
-        return json.loads(done.stdout)
-    done = subprocess.run(command, check=False)
+    done = subprocess.run(command, check=False, stdout=subprocess.PIPE if capture_json else None, text=True)
     if done.returncode != 0:
         sys.exit(done.returncode)
-    return None
+    console.print(f"[dim]({time.perf_counter() - started:.1f} s)[/]")
+    return json.loads(done.stdout) if capture_json else None
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The epoch rows ``prernn train`` wrote to the run folder's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def train_and_evaluate(name: str, flags: list[str], clips: Path, checkpoint: Path, out: Path, epochs: int) -> dict:
+    """Convert, train (its progress live) and evaluate one design; its epoch rows, evaluation and best checkpoint."""
+    model = out / f"{name.lower()}.safetensors"
+    run = out / f"run_{name.lower()}"
+    prernn("convert", checkpoint, "--layer", "fc6", "--cell", "gru", *flags, "--num-classes", "2", "-o", model)
+    prernn("train", model, "--data", clips, "-o", run, "--epochs", epochs, *TRAINING)
+    best = run / "best.safetensors"
+    evaluation = prernn(
+        "evaluate", best, "--data", clips, "--split", "val", "--steps", "8", "--clip-pool", "last",
+        "-o", out / f"eval_{name.lower()}", "--json", capture_json=True,
+    )  # fmt: skip
+    return {"history": read_metrics(run), "evaluation": evaluation, "best": best}
+
+
+def comparison_table(runs: dict, epochs: int) -> Table:
+    """Both designs epoch by epoch: one section per epoch, one row per design (fits 80 columns)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    table.add_column("epoch", justify="right")
+    table.add_column("model")
+    for column in ("train loss", "val loss", "val acc"):
+        table.add_column(column, justify="right")
+    for epoch in range(epochs):
+        for name in DESIGNS:
+            row = runs[name]["history"][epoch]
+            table.add_row(
+                str(epoch + 1), name, f"{row['train_loss']:.3f}", f"{row['val_loss']:.3f}",
+                f"{row['val_accuracy']:.3f}", end_section=name == list(DESIGNS)[-1],
+            )  # fmt: skip
+    return table
 
 
 def main() -> None:
@@ -59,77 +95,20 @@ def main() -> None:
     started = time.perf_counter()
 
     prernn("inspect", checkpoint)
-    designs = {"PreGRU-SIH": ["--sih"], "TraGRU": ["--traditional"]}
-    runs = {}
-    for name, flags in designs.items():
-        model = out / f"{name.lower()}.safetensors"
-        prernn("convert", checkpoint, "--layer", "fc6", "--cell", "gru", *flags, "--num-classes", "2", "-o", model)
-        result = prernn(
-            "train",
-            model,
-            "--data",
-            clips,
-            "-o",
-            out / f"run_{name.lower()}",
-            "--epochs",
-            options.epochs,
-            *TRAINING,
-            "--json",
-            capture_json=True,
-        )
-        best = Path(result["files"]["best"])
-        evaluation = prernn(
-            "evaluate",
-            best,
-            "--data",
-            clips,
-            "--split",
-            "val",
-            "--steps",
-            "8",
-            "--clip-pool",
-            "last",
-            "-o",
-            out / f"eval_{name.lower()}",
-            "--json",
-            capture_json=True,
-        )
-        runs[name] = {"history": result["history"], "evaluation": evaluation, "best": best}
-
-    table = Table(
-        title="PreGRU-SIH vs TraGRU on the shipped direction-of-motion clips (val: 40 clips)", header_style="bold"
-    )
-    table.add_column("epoch", justify="right")
-    for name in designs:
-        table.add_column(f"{name}\ntrain loss", justify="right")
-        table.add_column(f"{name}\nval loss", justify="right")
-        table.add_column(f"{name}\nval acc", justify="right")
-    for epoch in range(options.epochs):
-        row = [str(epoch + 1)]
-        for name in designs:
-            history = runs[name]["history"][epoch]
-            row += [f"{history['train_loss']:.3f}", f"{history['val_loss']:.3f}", f"{history['val_accuracy']:.3f}"]
-        table.add_row(*row)
-    console.print()
-    console.print(table)
-    for name in designs:
+    runs = {
+        name: train_and_evaluate(name, flags, clips, checkpoint, out, options.epochs) for name, flags in DESIGNS.items()
+    }
+    console.print("\n[bold]PreGRU-SIH vs TraGRU on the shipped direction-of-motion clips (val: 40 clips)[/]")
+    console.print(comparison_table(runs, options.epochs))
+    for name in DESIGNS:
         metrics = runs[name]["evaluation"]["metrics"]
-        console.print(f"{name}: best checkpoint's val accuracy {metrics['accuracy']:.3f}  ({runs[name]['best']})")
+        console.print(f"{name}: best checkpoint's val accuracy {metrics['accuracy']:.3f}")
 
-    prernn(
-        "analyze",
-        runs["PreGRU-SIH"]["best"],
-        "--compare",
-        runs["TraGRU"]["best"],
-        "--data",
-        clips / "val",
-        "-o",
-        out / "analysis",
-    )
-    onnx_pre = out / "pregru-sih.onnx"
-    prernn("export", runs["PreGRU-SIH"]["best"], "--onnx", "--steps", "8", "-o", onnx_pre)
-    prernn("export", runs["PreGRU-SIH"]["best"], "--onnx", "--steps", "1", "-o", out / "pregru-sih.step.onnx")
-    prernn("export", runs["TraGRU"]["best"], "--onnx", "--steps", "8", "-o", out / "tragru.onnx")
+    pre, tra = runs["PreGRU-SIH"]["best"], runs["TraGRU"]["best"]
+    prernn("analyze", pre, "--compare", tra, "--data", clips / "val", "-o", out / "analysis")
+    prernn("export", pre, "--steps", "8", "-o", out / "pregru-sih.onnx")
+    prernn("export", pre, "--steps", "1", "-o", out / "pregru-sih.step.onnx")
+    prernn("export", tra, "--steps", "8", "-o", out / "tragru.onnx")
     stream_clip = sorted((clips / "val" / "left").iterdir())[0]
     prernn("stream", out / "pregru-sih.step.onnx", stream_clip)
     console.print(f"\n[bold]Done in {time.perf_counter() - started:.0f} s[/]; everything is in {out}/")

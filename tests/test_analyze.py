@@ -347,7 +347,9 @@ def test_cli_writes_figure_summary_and_table(files, tmp_path):
         total = gate["left_saturated_pct"] + gate["right_saturated_pct"] + gate["unsaturated_pct"]
         assert total == pytest.approx(100.0, abs=1e-2)
         assert sum(gate["histogram"]) == gate["units"] * gate["observations_per_unit"] == 256 * 16
-    assert model["reading"].startswith(UNTRAINED_PREFIX + "layer 1 gates")
+    # the sample net's 10-digit head cannot be scored on left/right clips: said so, then the gates
+    assert model["reading"].startswith(UNTRAINED_PREFIX + "accuracy not measured (the model has 10 outputs")
+    assert "; layer 1 gates" in model["reading"] and model["performance"]["value"] is None
     image = _png(out / "gates.png")
     assert image.text["prernn:panels"] == "6" and image.text["prernn:rows"] == "2"
     assert sorted(p.name for p in out.iterdir()) == ["gates.png", "summary.json"]  # no temporary files left
@@ -469,3 +471,111 @@ def test_windowed_clips_carry_the_state_exactly(files):
         np.testing.assert_array_equal(fractions, windowed.unit_left[key])
         np.testing.assert_array_equal(whole.unit_right[key], windowed.unit_right[key])
     assert [g.histogram for g in whole.gates] == [g.histogram for g in windowed.gates]
+
+
+# ---------------------------------------------------------------- the task metric beside the gates
+
+
+def test_chance_rule_is_the_exact_binomial_upper_end():
+    from math import comb
+
+    from prernn_cli.analyze import CHANCE_TAIL, better_than_chance, chance_upper
+
+    for n, p in ((4, 0.5), (16, 0.5), (40, 0.5), (40, 0.25), (200, 0.1)):
+        tail = [sum(comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k + 1, n + 1)) for k in range(n + 1)]
+        assert chance_upper(n, p) == min(k for k in range(n + 1) if tail[k] <= CHANCE_TAIL)
+    assert chance_upper(40, 0.5) == 26  # 26/40 = 0.650 is no better than a coin; 27/40 is
+    assert not better_than_chance(26, 40, 0.5) and better_than_chance(27, 40, 0.5)
+    assert not better_than_chance(4, 4, 0.5)  # 4 of 4 clips is still chance's 6% event
+
+
+def test_meter_pools_clip_predictions_as_training_did():
+    from prernn_cli.analyze import PerformanceMeter
+    from prernn_cli.choices import ClipPool
+    from prernn_cli.metrics import MetricOptions
+    from prernn_cli.spec import Task
+
+    # clip 0 (label 0): class 0 on 3 of 4 steps, class 1 at the last; clip 1 (label 1): class 1 throughout
+    first = torch.tensor([[[5.0, 0.0], [5.0, 0.0]], [[0.0, 5.0], [0.0, 5.0]]])
+    second = torch.tensor([[[5.0, 0.0], [0.0, 5.0]], [[0.0, 5.0], [0.0, 5.0]]])
+    target = {"label": torch.tensor([0, 1])}
+    results = {}
+    for pool in (ClipPool.MEAN, ClipPool.LAST):
+        meter = PerformanceMeter(Task.CLASSIFY, MetricOptions(clip_pool=pool))
+        meter.add(first, target, first=True)
+        meter.add(second, target, first=False)  # the same clips, continued
+        results[pool] = meter.result()
+    assert results[ClipPool.MEAN].value == 1.0 and results[ClipPool.LAST].value == 0.5
+    assert results[ClipPool.MEAN].clips == 2 and results[ClipPool.MEAN].chance == 0.5
+
+
+def test_meter_ctc_and_regression():
+    from prernn_cli.analyze import PerformanceMeter
+    from prernn_cli.spec import Task
+
+    ctc = PerformanceMeter(Task.CTC)
+    path = torch.full((1, 5, 3), -5.0)
+    for step, symbol in enumerate((1, 0, 2, 2, 0)):  # decodes to (1, 2)
+        path[0, step, symbol] = 5.0
+    ctc.add(path, {"sequence": torch.tensor([1, 2]), "sequence_lengths": torch.tensor([2])}, first=True)
+    ctc.add(path, {"sequence": torch.tensor([2]), "sequence_lengths": torch.tensor([1])}, first=True)
+    result = ctc.result()
+    assert (result.metric, result.value, result.clips, result.chance) == ("sequence_accuracy", 0.5, 2, 0.5)
+
+    targets = torch.linspace(0, 1, 40).reshape(10, 4, 1)  # 10 clips, 4 steps, one value each
+    exact, constant = PerformanceMeter(Task.REGRESS), PerformanceMeter(Task.REGRESS)
+    for clip in targets:
+        exact.add(clip.unsqueeze(0) + 0.001, {"targets": clip.unsqueeze(0)}, first=True)
+        constant.add(torch.full((1, 4, 1), 0.5), {"targets": clip.unsqueeze(0)}, first=True)
+    assert exact.result().better_than_chance and exact.result().value > exact.result().chance
+    assert constant.result().better_than_chance is False  # the constant itself is no better than the constant
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The same PreGRU-SIH trained (CLI) on 4 clips and on 16 clips of squares moving left or right."""
+    from helpers import FAST, converted, make_clip_tree
+    from prernn_cli.checkpoint import save_converted
+
+    root = tmp_path_factory.mktemp("trained")
+    save_converted(converted(), root / "m.safetensors")
+    runs = {}
+    for name, per_class, epochs in (("few", 2, 1), ("many", 8, 4)):
+        make_clip_tree(root / name, per_class=per_class, num_frames=8)
+        args = ["train", root / "m.safetensors", "--data", root / name, "-o", root / f"run_{name}", "--epochs", epochs]
+        args += [*FAST, "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.001", "--val-fraction", "0"]
+        result = runner.invoke(__import__("prernn_cli.cli", fromlist=["app"]).app, list(map(str, args)))
+        assert result.exit_code == 0, result.output
+        runs[name] = (root / f"run_{name}" / "last.safetensors", root / name)
+    return runs
+
+
+@pytest.mark.slow
+def test_model_no_better_than_chance_gets_no_memory_verdict(trained, tmp_path):
+    model, clips = trained["few"]
+    result = _run(model, "--data", clips, "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "no better than chance on these 4 clips (accuracy" in text
+    assert "the gate reading says nothing about its memory" in text
+    assert "long memory" not in text and "barely used" not in text and "decays" not in text
+    (analysis,) = json.loads((tmp_path / "r" / "summary.json").read_text())["models"]
+    assert analysis["performance"]["better_than_chance"] is False and analysis["memory_reading_holds"] is False
+    assert analysis["performance"]["clips"] == 4 and analysis["performance"]["chance"] == 0.5
+    assert all("memory" not in layer["text"] and "used" not in layer["text"] for layer in analysis["layer_readings"])
+    assert analysis["reading"].startswith("no better than chance on these 4 clips")
+
+
+@pytest.mark.slow
+def test_model_that_learned_keeps_its_verdict_with_its_accuracy(trained, tmp_path):
+    model, clips = trained["many"]
+    result = _run(model, "--data", clips, "-o", tmp_path / "r", "--json")
+    assert result.exit_code == 0, result.output
+    (analysis,) = json.loads(result.stdout)["models"]
+    performance = analysis["performance"]
+    assert performance["metric"] == "accuracy" and performance["clips"] == 16 and performance["value"] >= 13 / 16
+    assert performance["better_than_chance"] is True and analysis["memory_reading_holds"] is True
+    assert analysis["reading"].startswith(f"accuracy {performance['value']:.3f} on 16 clips (chance 0.500); layer 1")
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["models"][0]["performance"] == performance
+    table = _run(model, "--data", clips, "-o", tmp_path / "t")
+    assert "Task metric on the same clips" in table.stdout and "holds" in table.stdout

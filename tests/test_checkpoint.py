@@ -7,10 +7,12 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -540,3 +542,68 @@ def test_shipped_samples_are_identified(name):
         pytest.skip(f"{path} not generated yet")
     loaded = load_checkpoint(path)
     assert loaded.architecture == name and loaded.identified and loaded.format is CheckpointFormat.STATE_DICT
+
+
+# ---------------------------------------------------------------- module versions and dtypes
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"])
+def test_mnasnet_loads_without_its_saved_versions(tmp_path, name):
+    # MNASNet reads its layout version from the state_dict's _metadata, which a plain dict does not carry.
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)().eval()
+    path = tmp_path / f"{name}.pt"
+    torch.save(dict(reference.state_dict()), path)
+    result = _invoke_inspect(path, "--arch", name)
+    assert result.exit_code == 0, result.stderr
+    assert name in result.stdout
+    _same_outputs(load_checkpoint(path, arch=name).model, reference, shape=(1, 3, 64, 64))
+
+
+def test_mnasnet_keeps_its_saved_versions_through_a_ddp_prefix(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.mnasnet0_5().eval()
+    state = reference.state_dict()
+    torch.save(state, tmp_path / "plain.pt")
+    wrapped = OrderedDict((f"module.{key}", value) for key, value in state.items())
+    # The wrapper's own entry says version 1: it must not become the network's (v1 would rebuild its stem).
+    wrapped._metadata = {
+        "": {"version": 1},
+        **{f"module.{k}" if k else "module": v for k, v in state._metadata.items()},
+    }
+    torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "ddp.pt")
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp_path / "weights.safetensors"))
+    for file in ("plain.pt", "ddp.pt", "weights.safetensors"):
+        loaded = load_checkpoint(tmp_path / file)
+        assert loaded.architecture == "mnasnet0_5", file
+        _same_outputs(loaded.model, reference, shape=(1, 3, 64, 64))
+
+
+def test_float64_weights_become_float32_with_a_warning(tmp_path, caplog, converted_vgg):
+    reference = _digit_vgg()
+    path = tmp_path / "double.pt"
+    torch.save(reference.double().state_dict(), path)
+    with caplog.at_level("WARNING", logger="prernn_cli.checkpoint"):
+        loaded = load_checkpoint(path)
+    assert {tensor.dtype for tensor in loaded.model.parameters()} == {torch.float32}
+    assert "float64" in caplog.text and "float32" in caplog.text
+    _same_outputs(loaded.model, reference.float())
+
+    model = tmp_path / "model.safetensors"
+    save_converted(converted_vgg, model)
+    tensors = {}
+    with safe_open(str(model), framework="pt") as handle:
+        metadata = handle.metadata()
+        for key in handle.keys():
+            tensors[key] = handle.get_tensor(key)
+    recurrent = next(key for key in tensors if key.endswith("weight_hh"))
+    tensors[recurrent] = tensors[recurrent].double()
+    save_file(tensors, str(tmp_path / "double.safetensors"), metadata=metadata)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prernn_cli.checkpoint"):
+        converted = load_converted(tmp_path / "double.safetensors")
+    assert "1 float64 tensor(s)" in caplog.text
+    assert {tensor.dtype for tensor in converted.state_dict().values() if tensor.is_floating_point()} == {torch.float32}
+    frames = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(frames)[0], converted_vgg.eval()(frames)[0])

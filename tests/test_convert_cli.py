@@ -83,7 +83,10 @@ def test_convert_traditional_baseline(tmp_path):
         (["--layer", "classifier.6", "--cell", "gru"], "output layer"),
         (["--layer", "features.0", "--cell", "gru"], "before global average pooling"),
         (["--layer", "fc6", "--cell", "vrnn", "--sih"], "SIH"),
-        (["--layer", "fc6", "--cell", "gru", "--num-classes", "0"], "--num-classes must be at least 1"),
+        (
+            ["--layer", "fc6", "--cell", "gru", "--num-classes", "0"],
+            "'--num-classes': Input should be greater than or equal to 1",
+        ),
         (["--layer", "fc6,fc6", "--cell", "gru"], "named twice"),
         (["--layer", "fc6", "--cell", "gru", "--sih", "--traditional"], "exclude each other"),
     ],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -160,17 +161,18 @@ def test_stream_matches_the_evaluate_data_path_on_a_shipped_clip(vgg):
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_stream_text_and_json_lines(vgg, png_clip):
+def test_cli_stream_text_and_json(vgg, png_clip):
     _, _, chunk, _ = vgg
     result = runner.invoke(app, ["stream", str(chunk), str(png_clip)])
     assert result.exit_code == 0, result.stderr
     assert "provider: cpu" in result.stdout and "step    6" in result.stdout and "digit" in result.stdout
     result = runner.invoke(app, ["stream", str(chunk), str(png_clip), "--json"])
     assert result.exit_code == 0, result.stderr
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    document = json.loads(result.stdout)  # one JSON document, as every --json prints
+    records = document["predictions"]
     assert [r["step"] for r in records] == list(range(7))
     assert set(records[0]) == {"step", "frames", "class", "index", "score"}
-    assert "provider:" in result.stderr
+    assert document["provider"]["provider"] == "cpu" and document["num_frames"] == 7
 
 
 @pytest.mark.parametrize(
@@ -207,3 +209,28 @@ def test_cli_stream_bad_inputs_exit_2(vgg, png_clip, tmp_path):
     assert result.exit_code == 2 and "prernn export" in result.stderr
     result = runner.invoke(app, ["stream", str(step), str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute"])
+def test_cli_stream_refuses_external_data_outside_the_folder_exit_2(vgg, png_clip, tmp_path, where):
+    _, step, _, _ = vgg
+    folder = tmp_path / "model"
+    folder.mkdir()
+    local = folder / "step.onnx"
+    onnx.save(onnx.load(str(step)), str(local), save_as_external_data=True, location="weights.bin")
+    assert runner.invoke(app, ["stream", str(local), str(png_clip)]).exit_code == 0  # beside it: fine
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes((folder / "weights.bin").read_bytes())
+    proto = onnx.load(str(local), load_external_data=False)
+    location = "../secret.bin" if where == "dotdot" else str(secret)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    hostile = folder / "hostile.onnx"
+    hostile.write_bytes(proto.SerializeToString())
+    result = runner.invoke(app, ["stream", str(hostile), str(png_clip)])
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "outside the model's folder" in lines[0] and location in lines[0], result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr

@@ -4,7 +4,9 @@ Clips stream through a converted LSTM or GRU model (:mod:`.clips`, :mod:`.run`);
 per recurrent layer, gate and unit, fixed-size counters record how often each
 activation is left- (< 0.1) or right-saturated (> 0.9) (:mod:`.accumulator`).
 The counts become per-gate summaries, per-layer verdicts and a one-line reading
-(:mod:`.summary`), and the figure: saturation scatter plots for LSTM (per gate
+(:mod:`.summary`), judged against the model's task metric on the same clips
+(:mod:`.performance`: a model no better than chance gets no verdict on its memory),
+and the figure: saturation scatter plots for LSTM (per gate
 i, f, o), activation histograms for GRU (per gate r, z), one row per layer,
 several models side by side (:mod:`.figure`).
 """
@@ -20,8 +22,15 @@ from prernn_cli.analyze.accumulator import (
     RIGHT_SATURATION,
     GateAccumulator,
 )
-from prernn_cli.analyze.clips import WINDOW_STEPS, ClipWindow, clip_batches, select_clips
+from prernn_cli.analyze.clips import WINDOW_STEPS, ClipWindow, analysis_splits, clip_batches, select_clips
 from prernn_cli.analyze.figure import FigureLayout, figure_layout, gate_figure, save_figure, write_summary
+from prernn_cli.analyze.performance import (
+    CHANCE_TAIL,
+    Performance,
+    PerformanceMeter,
+    better_than_chance,
+    chance_upper,
+)
 from prernn_cli.analyze.run import (
     FIGURE_NAME,
     SUMMARY_NAME,
@@ -32,6 +41,7 @@ from prernn_cli.analyze.run import (
     prepare_report_dir,
 )
 from prernn_cli.analyze.summary import (
+    NO_VERDICT,
     UNTRAINED_PREFIX,
     AnalysisReport,
     GateSummary,
@@ -45,6 +55,13 @@ from prernn_cli.analyze.summary import (
 )
 
 __all__ = [
+    "CHANCE_TAIL",
+    "NO_VERDICT",
+    "Performance",
+    "PerformanceMeter",
+    "analysis_splits",
+    "better_than_chance",
+    "chance_upper",
     "FIGURE_NAME",
     "GATE_NAMES",
     "GATES",

@@ -1,4 +1,4 @@
-"""``prernn analyze``: run converted models over clips, count their gates, write the figure and summary."""
+"""``prernn analyze``: run converted models over clips, count their gates and score their outputs, write the figure and summary."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import torch
 from torch import Tensor
 
 from prernn_cli.analyze.accumulator import GATES, GateAccumulator
-from prernn_cli.analyze.clips import ClipWindow, clip_batches
+from prernn_cli.analyze.clips import ClipWindow, analysis_splits, clip_batches
 from prernn_cli.analyze.figure import figure_layout, gate_figure, save_figure, write_summary
+from prernn_cli.analyze.performance import PerformanceMeter
 from prernn_cli.analyze.summary import AnalysisReport, ModelAnalysis, model_label, summarize
 from prernn_cli.checkpoint import load_converted
 from prernn_cli.devices import resolve_device
 from prernn_cli.errors import DataError, UserInputError
+from prernn_cli.files import refuse_folder_over_inputs
 from prernn_cli.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,13 +46,15 @@ def analyze_model(
     label: str | None = None,
     path: str | None = None,
     device: torch.device | str | None = None,
+    meter: PerformanceMeter | None = None,
 ) -> ModelAnalysis:
     """Run ``model`` on ``batches`` of frames ``[B, T, ...]`` and summarize its gates.
 
     A plain tensor, or a :class:`ClipWindow` with ``first=True``, starts new clips
     from a zero state; a window with ``first=False`` continues the previous
-    one's clips from their last state. Only the accumulators grow with the
-    model's size; nothing grows with the number of clips.
+    one's clips from their last state. The gate accumulators grow only with the
+    model's size. ``meter`` scores the outputs of the same pass against the windows'
+    targets (a few numbers per clip), and its verdict enters the reading.
     """
     spec: ModelSpec = model.spec
     check_gated(spec)
@@ -69,13 +73,16 @@ def analyze_model(
                 clips += frames.shape[0]
             elif state is None:
                 raise ValueError("a continuing window came before any first window")
-            _, state = model(frames, state=state, gate_observer=accumulator)
+            outputs, state = model(frames, state=state, gate_observer=accumulator)
+            if meter is not None:
+                meter.add(outputs, window.target, window.first)
     finally:
         model.train(was_training)
     if clips == 0:
         raise DataError("no clips to analyze; give a folder with at least one clip in --data")
     logger.info("analyzed %d clips with %s", clips, label or model_label(spec))
-    return summarize(accumulator, spec, label=label, path=path, clips=clips)
+    performance = meter.result() if meter is not None else None
+    return summarize(accumulator, spec, label=label, path=path, clips=clips, performance=performance)
 
 
 def _unique_labels(labels: list[str], paths: list[Path]) -> list[str]:
@@ -112,10 +119,10 @@ def _check_inputs(paths: Sequence[Path], max_clips: int | None, steps: int | Non
         raise UserInputError(f"--steps must be at least 1, got {steps}")
 
 
-def _load_gated_models(paths: Sequence[Path]) -> list[RecurrentModel]:
+def _load_gated_models(paths: Sequence[Path], user_classes: Sequence[str | None]) -> list[RecurrentModel]:
     models = []
-    for path in paths:
-        model = load_converted(path)
+    for path, user_class in zip(paths, user_classes):
+        model = load_converted(path, user_class=user_class)
         check_gated(model.spec)
         models.append(model)
     return models
@@ -129,12 +136,15 @@ def _analyze_clips(
     max_clips: int | None,
     steps: int | None,
     device: torch.device,
+    split_file: Path | None = None,
 ) -> ModelAnalysis:
-    """One model over the clips in ``data``; unusable clips are logged and listed in the analysis."""
+    """One model over the clips in ``data``, scored as it goes; unusable clips are logged and listed in the analysis."""
     skipped: list = []
-    batches = clip_batches(data, model.spec.input, max_clips=max_clips, steps=steps, skipped=skipped)
+    splits = analysis_splits(data, split_file)
+    meter = PerformanceMeter.for_model(model.spec, splits)
+    batches = clip_batches(data, model.spec.input, max_clips=max_clips, steps=steps, skipped=skipped, splits=splits)
     try:
-        analysis = analyze_model(model.to(device), batches, label=label, path=str(path), device=device)
+        analysis = analyze_model(model.to(device), batches, label=label, path=str(path), device=device, meter=meter)
     except DataError:
         if not skipped:
             raise
@@ -170,21 +180,31 @@ def analyze(
     steps: int | None = None,
     device: str = "cpu",
     write_files: bool = True,
+    arch: str | None = None,
+    compare_arch: str | None = None,
+    split_file: Path | None = None,
 ) -> AnalysisReport:
     """``prernn analyze``: gate statistics of one model (or two, side by side) on the clips in ``data``.
 
+    Each model's task metric on the same clips is reported beside its gates, and a model no
+    better than chance gets no verdict on its memory (:mod:`prernn_cli.analyze.performance`).
     Writes ``gates.png`` (:func:`~prernn_cli.analyze.figure.gate_figure`) and ``summary.json`` into
-    ``report_dir`` (default ``<model stem>_analysis``), atomically.
+    ``report_dir`` (default ``<model stem>_analysis``), atomically. ``arch`` / ``compare_arch``: the
+    user class the model / the compared one is built on, approved by the user (``--arch``).
+    ``split_file``: a UCF101/HMDB51 split list; its test clips are analysed.
     """
     paths = [Path(model_path)] + ([Path(compare)] if compare is not None else [])
     _check_inputs(paths, max_clips, steps)
     torch_device = resolve_device(device)
-    models = _load_gated_models(paths)
+    models = _load_gated_models(paths, [arch, compare_arch])
     if write_files:
-        report_dir = prepare_report_dir(report_dir if report_dir is not None else default_report_dir(paths[0]))
+        report_dir = report_dir if report_dir is not None else default_report_dir(paths[0])
+        inputs = (*paths, Path(data), *([Path(split_file)] if split_file is not None else []))
+        refuse_folder_over_inputs(report_dir, (FIGURE_NAME, SUMMARY_NAME), *inputs)
+        report_dir = prepare_report_dir(report_dir)
     labels = _unique_labels([model_label(m.spec) for m in models], paths)
     analyses = [
-        _analyze_clips(model, path, label, data, max_clips, steps, torch_device)
+        _analyze_clips(model, path, label, data, max_clips, steps, torch_device, split_file)
         for model, path, label in zip(models, paths, labels)
     ]
     return _write_report(analyses, report_dir if write_files else None)

@@ -23,6 +23,12 @@ ignored):
   half of the time (:data:`LONG_MEMORY_FRACTION`), their number is added: the
   paper's "memory cells that remember their values for long durations".
 
+The reading starts with the model's task metric on the same clips
+(:mod:`prernn_cli.analyze.performance`). A model no better than chance there gets
+no verdict at all: its reading says "no better than chance on these N clips
+(accuracy a): the gate reading says nothing about its memory", and its layers are
+described by their saturated share only.
+
 A model that was never trained (its spec has no ``task``: fresh from
 ``convert``, new ``W_h·`` still random) gets its reading prefixed with
 "untrained model (new weights still random):", since the paper's reading is
@@ -32,7 +38,7 @@ about trained models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -47,6 +53,7 @@ from prernn_cli.analyze.accumulator import (
     RIGHT_SATURATION,
     GateAccumulator,
 )
+from prernn_cli.analyze.performance import Performance
 from prernn_cli.errors import PrernnError
 from prernn_cli.spec import CellType, Design, ModelSpec
 
@@ -113,10 +120,16 @@ class ModelAnalysis:
     unit_left: dict[tuple[int, str], np.ndarray] = field(repr=False, default_factory=dict)
     unit_right: dict[tuple[int, str], np.ndarray] = field(repr=False, default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # clips left out: (path, reason)
+    performance: Performance | None = None  # the task metric on the same clips
 
     @property
     def cell(self) -> CellType:
         return self.spec.cell
+
+    @property
+    def memory_reading_holds(self) -> bool:
+        """False when the model is no better than chance on the clips: its gates then say nothing about memory."""
+        return self.performance is None or self.performance.better_than_chance is not False
 
     def to_dict(self) -> dict:
         return {
@@ -140,6 +153,8 @@ class ModelAnalysis:
                 for r in self.layers
             ],
             "reading": self.reading,
+            "performance": self.performance.to_dict() if self.performance else None,
+            "memory_reading_holds": self.memory_reading_holds,
             "skipped_clips": [{"path": p, "reason": r} for p, r in self.skipped],
         }
 
@@ -210,12 +225,36 @@ def layer_readings(
 
 
 UNTRAINED_PREFIX = "untrained model (new weights still random): "
+#: what the reading of a model no better than chance says instead of a verdict
+NO_VERDICT = "the gate reading says nothing about its memory"
 
 
-def reading(analysis_layers: Sequence[LayerReading], trained: bool = True) -> str:
-    """The one-line reading of a model: its layers' verdicts joined, flagged when the model is untrained."""
+def neutral(layers: Sequence[LayerReading]) -> tuple[LayerReading, ...]:
+    """The layers described by their saturated share only, without a verdict on memory."""
+    return tuple(replace(r, text=f"layer {r.layer} gates {100 * r.saturated_share:.0f}% saturated") for r in layers)
+
+
+def reading(
+    analysis_layers: Sequence[LayerReading], trained: bool = True, performance: Performance | None = None
+) -> str:
+    """The one-line reading of a model: its task metric, then its layers' verdicts (none when it is at chance)."""
     text = "; ".join(r.text for r in analysis_layers)
+    if performance is not None:
+        if performance.better_than_chance is False:
+            text = f"{performance.sentence()}: {NO_VERDICT}"
+        else:
+            text = f"{performance.sentence()}; {text}"
     return text if trained else UNTRAINED_PREFIX + text
+
+
+def _long_memory_units(accumulator: GateAccumulator, unit_right: dict) -> dict[int, int]:
+    """LSTM: per 1-based layer, the forget-gate units right-saturated more than LONG_MEMORY_FRACTION of the time."""
+    if accumulator.cell is not CellType.LSTM:
+        return {}
+    return {
+        index + 1: int((unit_right[(index, "f")] > LONG_MEMORY_FRACTION).sum())
+        for index in range(len(accumulator.hidden_sizes))
+    }
 
 
 def summarize(
@@ -224,8 +263,9 @@ def summarize(
     label: str | None = None,
     path: str | None = None,
     clips: int = 0,
+    performance: Performance | None = None,
 ) -> ModelAnalysis:
-    """Turn an accumulator's counts into a :class:`ModelAnalysis`."""
+    """Turn an accumulator's counts into a :class:`ModelAnalysis` (``performance``: the task metric on the same clips)."""
     gates: list[GateSummary] = []
     unit_left: dict[tuple[int, str], np.ndarray] = {}
     unit_right: dict[tuple[int, str], np.ndarray] = {}
@@ -256,13 +296,9 @@ def summarize(
             )
             unit_left[(index, gate)] = left / observations
             unit_right[(index, gate)] = right / observations
-    long_memory = {}
-    if accumulator.cell is CellType.LSTM:
-        long_memory = {
-            index + 1: int((unit_right[(index, "f")] > LONG_MEMORY_FRACTION).sum())
-            for index in range(len(accumulator.hidden_sizes))
-        }
-    layers = layer_readings(gates, long_memory)
+    layers = layer_readings(gates, _long_memory_units(accumulator, unit_right))
+    if performance is not None and performance.better_than_chance is False:
+        layers = neutral(layers)
     return ModelAnalysis(
         label=label or model_label(spec),
         path=path,
@@ -271,7 +307,8 @@ def summarize(
         steps=accumulator.observations[0],
         gates=tuple(gates),
         layers=layers,
-        reading=reading(layers, trained=spec.task is not None),
+        reading=reading(layers, trained=spec.task is not None, performance=performance),
         unit_left=unit_left,
         unit_right=unit_right,
+        performance=performance,
     )

@@ -8,6 +8,11 @@ An architecture is named by a string:
 * ``digit_vgg``, ``digit_resnet``, ``digit_c3d`` — the sample nets of ``sample_models/``;
 * ``package.module:callable`` — a user's own class or factory, called with no
   arguments (or ``num_classes=…`` when a class count is given).
+
+Importing a user's class runs its module's code, so only a name the user typed (``--arch``)
+may be one: :func:`build_architecture` and :func:`build_empty_architecture` take such names.
+A name read from a file goes to :func:`build_registered_architecture`, which builds the names
+above the last one and never imports anything.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = [
     "SAMPLE_ARCHITECTURES",
     "build_architecture",
     "build_empty_architecture",
+    "build_registered_architecture",
+    "is_registered",
     "is_user_callable",
     "known_architectures",
     "torchvision_models",
@@ -83,6 +90,11 @@ def known_architectures() -> list[str]:
 def is_user_callable(name: str) -> bool:
     """Whether ``name`` has the form ``package.module:callable``."""
     return ":" in name
+
+
+def is_registered(name: object) -> bool:
+    """Whether ``name`` is one prernn builds itself (never a user's class): safe to build whatever its source."""
+    return isinstance(name, str) and name in known_architectures()
 
 
 def unknown_architecture(name: str) -> ArchitectureError:
@@ -137,7 +149,9 @@ def _call_user_callable(name: str, kwargs: Mapping[str, object]) -> nn.Module:
     return model
 
 
-def _construct(name: str, num_classes: int | None, options: Mapping[str, object]) -> nn.Module:
+def _construct(
+    name: str, num_classes: int | None, options: Mapping[str, object], user_callable: bool = True
+) -> nn.Module:
     kwargs: dict[str, object] = dict(options)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -149,7 +163,7 @@ def _construct(name: str, num_classes: int | None, options: Mapping[str, object]
         return C3D(**kwargs)
     if name in _SAMPLE_CLASSES:
         return _SAMPLE_CLASSES[name](**kwargs)
-    if is_user_callable(name):
+    if user_callable and is_user_callable(name):
         return _call_user_callable(name, kwargs)
     raise unknown_architecture(name)
 
@@ -158,7 +172,8 @@ def build_architecture(name: str, num_classes: int | None = None, **options: obj
     """Build architecture ``name`` with random weights (on the CPU, in eval mode).
 
     Args:
-        name: a known architecture (see :func:`known_architectures`) or ``package.module:callable``.
+        name: a known architecture (see :func:`known_architectures`) or ``package.module:callable``
+            (imported and called: only for a name the user gave, never one read from a file).
         num_classes: size of the output layer; the architecture's own default when ``None``.
         options: extra keyword arguments for the torchvision builder (e.g. ``aux_logits=False``).
 
@@ -238,10 +253,28 @@ class _MetaConstruction(TorchFunctionMode):
 
 
 def build_empty_architecture(name: str, num_classes: int | None = None, **options: object) -> nn.Module:
-    """Build ``name`` with every parameter and buffer on the ``meta`` device (shapes only, no memory, no init)."""
+    """Build ``name`` with every parameter and buffer on the ``meta`` device (shapes only, no memory, no init).
+
+    ``name`` may be a user's ``package.module:callable``: only for a name the user gave.
+    """
+    return _build_empty(name, num_classes, options, user_callable=True)
+
+
+def build_registered_architecture(name: str, num_classes: int | None = None) -> nn.Module:
+    """:func:`build_empty_architecture` for a name read from a file: registered names only, nothing imported.
+
+    Raises:
+        ArchitectureError: any other name, a user's ``package.module:callable`` included.
+    """
+    if not is_registered(name):
+        raise unknown_architecture(str(name))
+    return _build_empty(name, num_classes, {}, user_callable=False)
+
+
+def _build_empty(name: str, num_classes: int | None, options: Mapping[str, object], user_callable: bool) -> nn.Module:
     try:
         with _MetaConstruction(_FACTORIES):
-            model = _construct(name, num_classes, options)
+            model = _construct(name, num_classes, options, user_callable)
     except (NotImplementedError, RuntimeError) as error:  # what torch raises for reading values of a meta tensor
         # A builder that computes with tensors while constructing (regnet derives its widths with
         # torch.arange): only torch.empty, with which torch's layers allocate their parameters, makes
@@ -250,7 +283,7 @@ def build_empty_architecture(name: str, num_classes: int | None = None, **option
             "%s computes with tensors while it is built (%s); only its parameters are made on meta", name, error
         )
         with _MetaConstruction(frozenset({torch.empty})):
-            model = _construct(name, num_classes, options)
+            model = _construct(name, num_classes, options, user_callable)
     if any(not tensor.is_meta for tensor in [*model.parameters(), *model.buffers()]):
         model = model.to("meta")  # tensors made by other factories, or on a device the builder chose
     return model.eval()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import struct
-import zipfile
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+from prernn_cli.archives import check_archive
 from prernn_cli.errors import CheckpointError
 from prernn_cli.spec import SPEC_METADATA_KEY
 
@@ -70,19 +70,44 @@ def _safetensors_header(path: Path, head: bytes) -> Optional[dict]:
         raise CheckpointError(f"checkpoint {path} has a corrupt safetensors header ({error}); save it again") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"checkpoint {path} has a corrupt safetensors header (not a JSON object); save it again")
-    end = max(
-        (
-            entry["data_offsets"][1]
-            for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
-        ),
-        default=0,
-    )
+    end = _data_end(path, header)
     if 8 + length + end > size:
         raise CheckpointError(
             f"checkpoint {path} is a truncated safetensors file ({size} bytes, its header needs {8 + length + end}); copy or save it again"
         )
     return header
+
+
+def _is_offset(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _data_end(path: Path, header: dict) -> int:
+    """Where the last tensor's bytes end, once every entry of ``header`` has the shape safetensors writes.
+
+    Raises:
+        CheckpointError: metadata that is not text by name, an entry without two whole-number offsets.
+    """
+
+    def corrupt(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {path} is not a prernn model or is corrupt: its safetensors header {what}; save it again"
+        )
+
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise corrupt("has metadata that is not a map of names to text")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_offset, offsets)):
+            raise corrupt(f"gives tensor {key[:60]!r} no valid data_offsets (two whole numbers)")
+        if offsets[0] > offsets[1]:
+            raise corrupt(f"gives tensor {key[:60]!r} data_offsets that end before they begin")
+        end = max(end, offsets[1])
+    return end
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -94,14 +119,8 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def _zip_format(path: Path) -> CheckpointFormat:
-    """A zip archive: TorchScript or a ``torch.save`` file, from the names of its entries."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile as error:
-        raise CheckpointError(
-            f"checkpoint {path} is a truncated or corrupt zip archive ({error}); copy or save it again"
-        ) from error
+    """A zip archive: TorchScript or a ``torch.save`` file, from the names of its entries (sizes checked first)."""
+    names = check_archive(path)
     parts = {part for name in names for part in name.split("/")[1:2]}
     if "code" in parts or "constants.pkl" in parts:
         return CheckpointFormat.TORCHSCRIPT
@@ -126,7 +145,7 @@ def detect_format(path: Path) -> CheckpointFormat:
         return _zip_format(path)
     header = _safetensors_header(path, head)
     if header is not None:
-        metadata = header.get("__metadata__") or {}
+        metadata = header.get("__metadata__", {})
         return CheckpointFormat.PRERNN if SPEC_METADATA_KEY in metadata else CheckpointFormat.SAFETENSORS
     if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):  # pickle protocol 2+, or protocol 0/1 opcodes
         return CheckpointFormat.STATE_DICT

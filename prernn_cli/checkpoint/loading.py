@@ -30,9 +30,11 @@ from prernn_cli.architectures import (
     has_known_input,
     match_architecture,
 )
+from prernn_cli.archives import check_archive
 from prernn_cli.checkpoint.converted import load_converted
 from prernn_cli.checkpoint.formats import CheckpointFormat, detect_format
 from prernn_cli.checkpoint.pickles import load_pickle
+from prernn_cli.checkpoint.tensors import as_float32, float32_module, strip_prefix, with_versions
 from prernn_cli.errors import ArchitectureError, CheckpointError
 from prernn_cli.spec import InputSpec, ModelSpec
 
@@ -70,20 +72,20 @@ def _is_state_dict(value: Any) -> bool:
     )
 
 
-def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    result = dict(state_dict)
+def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    result = state_dict  # the loaded mapping itself: it carries its modules' versions (_metadata)
     changed = True
     while changed:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if result and all(key.startswith(prefix) for key in result):
-                result = {key[len(prefix) :]: value for key, value in result.items()}
+                result = strip_prefix(result, prefix)
                 logger.info("stripped the %r prefix from every key", prefix)
                 changed = True
     return result
 
 
-def extract_state_dict(obj: Any) -> Optional[dict[str, Tensor]]:
+def extract_state_dict(obj: Any) -> Optional[Mapping[str, Tensor]]:
     """The weights inside a loaded object: itself, or nested under a training script's usual keys.
 
     Keys prefixed ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) are stripped.
@@ -104,15 +106,6 @@ def extract_state_dict(obj: Any) -> Optional[dict[str, Tensor]]:
     return None
 
 
-def _as_float32(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    converted = {}
-    for key, value in state_dict.items():
-        if value.is_floating_point() and value.dtype != torch.float32:
-            value = value.float()
-        converted[key] = value
-    return converted
-
-
 # ---------------------------------------------------------------- models on their architecture
 
 
@@ -122,16 +115,16 @@ def _meta_tensors(model: nn.Module) -> list[str]:
 
 def _instantiate(path: Path, match: ArchitectureMatch, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Build ``match`` and load ``state_dict`` (read from ``path``) into it strictly, without a costly random init."""
-    state_dict = _as_float32(state_dict)
+    state_dict = as_float32(state_dict, path)
     model = build_empty_architecture(match.name, match.num_classes, **match.options)
     try:
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.load_state_dict(with_versions(state_dict, model), strict=True, assign=True)
         leftover = _meta_tensors(model)
     except RuntimeError:
         leftover = ["?"]
     if leftover:  # non-persistent buffers (or a builder that resists meta): build for real
         model = build_architecture(match.name, match.num_classes, **match.options)
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.load_state_dict(with_versions(state_dict, model), strict=True, assign=True)
     missing = _meta_tensors(model)
     if missing:
         raise CheckpointError(f"{path}: the file holds no values for {', '.join(missing[:3])}; save the model again")
@@ -177,7 +170,7 @@ def _from_module(path: Path, module: nn.Module, arch: Optional[str], fmt: Checkp
         return loaded
     if match is not None:
         return LoadedCheckpoint(
-            module.eval(),
+            float32_module(module, path).eval(),
             fmt,
             match.name,
             architecture_input(match.name),
@@ -187,6 +180,7 @@ def _from_module(path: Path, module: nn.Module, arch: Optional[str], fmt: Checkp
         )
     name = None if fmt is CheckpointFormat.TORCHSCRIPT else f"{type(module).__module__}:{type(module).__qualname__}"
     input_spec, known = _unknown_input(name)
+    module = float32_module(module, path)
     return LoadedCheckpoint(module.eval(), fmt, name, input_spec, identified=False, input_known=known)
 
 
@@ -194,6 +188,7 @@ def _from_module(path: Path, module: nn.Module, arch: Optional[str], fmt: Checkp
 
 
 def _load_torchscript(path: Path) -> nn.Module:
+    check_archive(path)  # declared sizes first: torch.jit.load allocates what they say
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the way to read TorchScript
@@ -217,11 +212,8 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _load_converted(path: Path, arch: Optional[str]) -> LoadedCheckpoint:
-    model = load_converted(path)
-    if arch is not None and arch != model.spec.base_architecture:
-        raise CheckpointError(
-            f"checkpoint {path} is a converted prernn model of {model.spec.base_architecture}, not {arch}; drop --arch (the file names its architecture)"
-        )
+    # --arch: for a model built on a user class, the user's approval to import it; else it must match.
+    model = load_converted(path, user_class=arch)
     return LoadedCheckpoint(
         model,
         CheckpointFormat.PRERNN,
@@ -257,6 +249,8 @@ def load_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: 
     Args:
         path: the checkpoint file.
         arch: the architecture bare weights belong to; identified from the weights when ``None``.
+            For a converted model built on a user's class, the user's approval to import that class
+            (it must equal the class its spec names); for any other converted model, its architecture.
         trust_pickle: allow unpickling a whole ``nn.Module`` (runs code from the file).
 
     Raises:

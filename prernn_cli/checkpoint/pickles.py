@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from prernn_cli.archives import check_archive
 from prernn_cli.errors import CheckpointError
 
 __all__ = ["load_pickle"]
@@ -63,8 +64,15 @@ def _pickle_globals(data: bytes, limit: int = 4) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _is_torch_zip(path: Path) -> bool:
+    """Whether ``torch.load`` reads ``path`` as a zip archive: it looks at the first four bytes only."""
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
 def _file_globals(path: Path) -> list[str]:
     if zipfile.is_zipfile(path):
+        check_archive(path)  # data.pkl is read whole below
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
             data = archive.read(name) if name else b""
@@ -104,8 +112,11 @@ def load_pickle(path: Path, trust_pickle: bool) -> Any:
 
     Raises:
         CheckpointError: a corrupt or truncated file, or one holding Python objects without ``trust_pickle``
-            (naming what it would import).
+            (naming what it would import), or a zip archive whose declared sizes are hostile.
     """
+    path = Path(path)
+    if _is_torch_zip(path):
+        check_archive(path)  # before torch.load allocates and inflates what the archive declares
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the load itself says what matters

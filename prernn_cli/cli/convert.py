@@ -8,12 +8,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from prernn_cli.cli.app import app, handles_errors, print_json, stdout
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
 from prernn_cli.cli.options import (
+    MAX_SEED,
     ArchOption,
     CheckpointArg,
+    InputSizeOption,
     JsonOption,
     LayerOption,
+    SnippetLengthOption,
     TrustPickleOption,
     parse_layer_names,
 )
@@ -22,7 +25,7 @@ from prernn_cli.spec import CellType, InitScheme
 CellOption = Annotated[
     CellType, typer.Option("--cell", "-c", case_sensitive=False, help="Recurrent cell: vrnn, lstm or gru.")
 ]
-OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output file.")]
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="The converted model's .safetensors file.")]
 SihOption = Annotated[
     bool,
     typer.Option("--sih", help="PreRNN-SIH: all gates share the one pretrained input-to-hidden state (LSTM, GRU)."),
@@ -37,12 +40,12 @@ TraditionalOption = Annotated[
 ]
 NumClassesOption = Annotated[
     Optional[int],
-    typer.Option("--num-classes", help="Replace the output layer with a new K-class head.", show_default=False),
+    typer.Option("--num-classes", min=1, help="Replace the output layer with a new K-class head.", show_default=False),
 ]
 OutputsOption = Annotated[
     Optional[int],
     typer.Option(
-        "--outputs", help="Replace the output layer with a new head of K regression outputs.", show_default=False
+        "--outputs", min=1, help="Replace the output layer with a new head of K regression outputs.", show_default=False
     ),
 ]
 InitHhOption = Annotated[
@@ -58,13 +61,19 @@ HiddenSizeOption = Annotated[
     Optional[int],
     typer.Option(
         "--hidden-size",
+        min=1,
         help="With --traditional: the new layer's hidden size instead of the matched one.",
         show_default=False,
     ),
 ]
 SeedOption = Annotated[
     int,
-    typer.Option("--seed", help="Seed of the new weights' initialisation (the same command writes the same file)."),
+    typer.Option(
+        "--seed",
+        min=0,
+        max=MAX_SEED,
+        help="Seed of the new weights' initialisation (the same command writes the same file).",
+    ),
 ]
 DESIGN_NAMES = {"traditional": "traditional", "prernn": "PreRNN", "sih": "PreRNN-SIH"}
 
@@ -83,7 +92,9 @@ DESIGN_NAMES = {"traditional": "traditional", "prernn": "PreRNN", "sih": "PreRNN
         "  prernn convert sample_models/digit_vgg.pt --layer fc6 --cell gru --sih -o pregru_sih.safetensors\n\n"
         "  prernn convert vgg16.pth --arch vgg16 --layer fc6,fc7 --cell lstm --num-classes 25"
         " -o prelstm.safetensors\n\n"
-        "  prernn convert sample_models/digit_vgg.pt --layer fc6 --cell gru --traditional -o tragru.safetensors"
+        "  prernn convert sample_models/digit_vgg.pt --layer fc6 --cell gru --traditional -o tragru.safetensors\n\n"
+        "  prernn convert mobilenet_v2.pth --layer features.18.0 --cell gru --sih --num-classes 2 --input-size 112"
+        " -o pregru_112.safetensors"
     ),
 )
 @handles_errors
@@ -101,14 +112,19 @@ def convert_command(
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
+    input_size: InputSizeOption = None,
+    snippet_length: SnippetLengthOption = None,
     json_output: JsonOption = False,
 ) -> None:
+    from prernn_cli.archives import refuse_hostile_archive
+
+    refuse_hostile_archive(checkpoint)  # before torch is imported: a hostile archive costs next to nothing
     from prernn_cli.conversion import convert_checkpoint
 
     result = convert_checkpoint(
         checkpoint, parse_layer_names(layer), cell, output, sih=sih, traditional=traditional,
         num_classes=num_classes, outputs=outputs, init_hh=init_hh, hidden_size=hidden_size, arch=arch,
-        trust_pickle=trust_pickle, seed=seed,
+        trust_pickle=trust_pickle, seed=seed, input_size=input_size, snippet_length=snippet_length,
     )  # fmt: skip
     if json_output:
         print_json(result.to_dict())
@@ -124,12 +140,12 @@ def _design_label(result) -> str:
 
 def _render_conversion(result) -> None:
     arch = result.architecture + (" (identified from the weights)" if result.identified else "")
-    stdout.print(f"[bold]{_design_label(result)}[/] from {arch} → {result.output}")
+    stdout.print(f"[bold]{_design_label(result)}[/] from {literal(arch)} → {literal(result.output)}", soft_wrap=True)
     table = Table(show_header=True, header_style="bold")
     table.add_column("layers")
     for column in ("hidden", "pretrained params", "new params", "total"):
         table.add_column(column, justify="right")
-    what = ", ".join(result.layers)
+    what = literal(", ".join(result.layers))
     if result.design.value == "traditional":
         what = f"new layer on the features (matched to {what})"
     table.add_row(
@@ -142,7 +158,7 @@ def _render_conversion(result) -> None:
     stdout.print(table)
     if result.table3_ratio is not None:
         stdout.print(
-            f"Table 3 for {', '.join(result.layers)} ({result.cell.value.upper()}): "
+            f"Table 3 for {literal(', '.join(result.layers))} ({result.cell.value.upper()}): "
             f"PreRNN-SIH ÷ PreRNN recurrent parameters = {result.table3_ratio:.2f}"
         )
     if result.head.value == "original":
@@ -150,3 +166,6 @@ def _render_conversion(result) -> None:
     else:
         head = f"new {result.head.value} head with {result.outputs} outputs"
     stdout.print(f"Head: {head}. Design: {DESIGN_NAMES[result.design.value]}.")
+    if result.input is not None:
+        step = "×".join(str(size) for size in result.input.step_shape())
+        stdout.print(f"Input: {step} per step (C×{'L×' if result.input.frame_kind.value == '3d' else ''}H×W).")

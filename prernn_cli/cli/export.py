@@ -9,24 +9,28 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prernn_cli.cli.app import app, handles_errors, print_json, stdout
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
 from prernn_cli.cli.options import (
     AtolOption,
     ClipOption,
     JsonOption,
+    ModelArchOption,
     OnnxModelArg,
     ResizeOption,
     RtolOption,
 )
-from prernn_cli.errors import ExportError
 
 ConvertedModelArg = Annotated[
     Path,
     typer.Argument(
-        help="A converted model (.safetensors written by `prernn convert` or `prernn train`).", show_default=False
+        metavar="MODEL",
+        help="A converted model (.safetensors written by `prernn convert` or `prernn train`).",
+        show_default=False,
     ),
 ]
-OnnxFormatOption = Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")]
+OnnxFormatOption = Annotated[
+    bool, typer.Option("--onnx", help="Export to ONNX: the only format, and the default (accepted, not needed).")
+]
 OnnxOutputOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -37,13 +41,21 @@ OnnxOutputOption = Annotated[
     ),
 ]
 UnrollStepsOption = Annotated[
-    int,
-    typer.Option("--steps", "-T", help="Time steps unrolled in the graph (T); 1 gives the streaming step model."),
+    Optional[int],
+    typer.Option(
+        "--steps",
+        "-T",
+        min=1,
+        help="Time steps unrolled in the graph (T); 1 gives the streaming step model. "
+        "Default: the T the model was trained with (16 if untrained).",
+        show_default=False,
+    ),
 ]
 OpsetOption = Annotated[
     Optional[int],
     typer.Option(
         "--opset",
+        min=1,
         help="ONNX opset. Default: the newest both the installed exporter and onnxruntime support.",
         show_default=False,
     ),
@@ -80,17 +92,17 @@ AgainstOption = Annotated[
     "`outputs` \\[batch, T, K] and `h_n.i`/`c_n.i`. After writing: onnx.checker, onnxruntime vs "
     "PyTorch on random inputs (and --clip), and two T-step chunks carrying the state vs one 2T-step "
     "PyTorch run. A failed validation leaves no file unless --keep-invalid.\n\n"
-    "Example: [bold]prernn export model.safetensors --onnx --steps 16[/]",
-    epilog="Examples:\n\n  prernn export model.safetensors --onnx --steps 16\n\n"
-    "  prernn export model.safetensors --onnx --steps 1 -o model.step.onnx\n\n"
-    "  prernn export model.safetensors --onnx --half --clip sample_models/clips/val/right/pair000_right",
+    "Example: [bold]prernn export model.safetensors --steps 16[/]",
+    epilog="Examples:\n\n  prernn export model.safetensors --steps 16\n\n"
+    "  prernn export model.safetensors --steps 1 -o model.step.onnx\n\n"
+    "  prernn export model.safetensors --half --clip sample_models/clips/val/right/pair000_right",
 )
 @handles_errors
 def export_command(
     model: ConvertedModelArg,
-    onnx_format: OnnxFormatOption = False,
+    onnx_format: OnnxFormatOption = False,  # accepted for the habit: ONNX is always written
     output: OnnxOutputOption = None,
-    steps: UnrollStepsOption = 16,
+    steps: UnrollStepsOption = None,
     opset: OpsetOption = None,
     half: HalfOption = False,
     batch: BatchOption = "dynamic",
@@ -99,15 +111,14 @@ def export_command(
     clip: ClipOption = None,
     resize: ResizeOption = False,
     keep_invalid: KeepInvalidOption = False,
+    arch: ModelArchOption = None,
     json_output: JsonOption = False,
 ) -> None:
     from prernn_cli.export import export_file
 
-    if not onnx_format:
-        raise ExportError(f"say which format to export: ONNX is the only one, e.g. prernn export {model} --onnx")
     result = export_file(
         model, output, steps=steps, opset=opset, half=half, batch=batch, atol=atol, rtol=rtol,
-        clip=clip, resize=resize, keep_invalid=keep_invalid,
+        clip=clip, resize=resize, keep_invalid=keep_invalid, arch=arch,
     )  # fmt: skip
     if json_output:
         print_json(result.to_dict())
@@ -136,16 +147,17 @@ def validate_command(
     resize: ResizeOption = False,
     atol: AtolOption = None,
     rtol: RtolOption = None,
+    arch: ModelArchOption = None,
     json_output: JsonOption = False,
 ) -> None:
     from prernn_cli.export import validate_file
 
-    report = validate_file(onnx_model, against, clip=clip, resize=resize, atol=atol, rtol=rtol)
+    report = validate_file(onnx_model, against, clip=clip, resize=resize, atol=atol, rtol=rtol, arch=arch)
     if json_output:
         print_json(report.to_dict())
         return
     stdout.print(
-        f"[bold]{report.path}[/]   [bold]T[/] {report.steps}   [bold]batch[/] {report.batch or 'dynamic'}   "
+        f"[bold]{literal(report.path)}[/]   [bold]T[/] {report.steps}   [bold]batch[/] {report.batch or 'dynamic'}   "
         f"[bold]opset[/] {report.opset}   [bold]precision[/] {report.precision.value}",
         soft_wrap=True,
     )
@@ -157,13 +169,14 @@ def _render_export(result) -> None:
     spec = result.spec
     external = ", external data" if result.external_data else ""
     stdout.print(
-        f"[bold]wrote[/] {result.path} ({result.size_bytes / 1e6:.2f} MB{external}) in {result.export_seconds:.1f} s   "
+        f"[bold]wrote[/] {literal(result.path)} ({result.size_bytes / 1e6:.2f} MB{external}) in {result.export_seconds:.1f} s   "
         f"[bold]T[/] {spec.steps}   [bold]batch[/] {spec.batch or 'dynamic'}   [bold]opset[/] {spec.opset}   "
         f"[bold]precision[/] {spec.precision.value}",
         soft_wrap=True,
     )
     stdout.print(
-        f"[bold]inputs[/] {', '.join(spec.input_names)}   [bold]outputs[/] {', '.join(spec.output_names)}",
+        f"[bold]inputs[/] {literal(', '.join(spec.input_names))}   "
+        f"[bold]outputs[/] {literal(', '.join(spec.output_names))}",
         soft_wrap=True,
     )
 
@@ -171,18 +184,33 @@ def _render_export(result) -> None:
 def _render_validation(report) -> None:
     stdout.print("[green]onnx.checker passed[/]" if report.checker else "[red]onnx.checker failed[/]")
     if report.comparisons:
-        table = Table(title="onnxruntime vs PyTorch", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        first = report.comparisons[0]
+        rule = f"max abs ≤ {_short(first.atol)} + {_short(first.rtol)}·max|t|"  # max|t|: the output's largest |torch|
+        table = Table(
+            title=f"onnxruntime vs PyTorch (ok where {rule})",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for column in ("check", "output", "shape"):
             table.add_column(column, no_wrap=True)
-        for column in ("max abs", "max rel", "tolerance"):
+        for column in ("max abs", "max|t|", "max rel", "tolerance"):
             table.add_column(column, justify="right", no_wrap=True)
         table.add_column("", no_wrap=True)
         for c in report.comparisons:
             table.add_row(
-                c.check, c.output, "×".join(map(str, c.shape)), f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
-                f"{c.atol:g} + {c.rtol:g}·|t|", "[green]ok[/]" if c.passed else "[red]FAIL[/]",
+                c.check, c.output, "×".join(map(str, c.shape)), f"{c.max_abs:.2e}", f"{c.scale:.3g}",
+                f"{c.max_rel:.2e}", f"{c.tolerance:.2e}", "[green]ok[/]" if c.passed else "[red]FAIL[/]",
             )  # fmt: skip
         stdout.print(table)
     for note in report.notes:
-        stdout.print(f"[dim]{note}[/]", soft_wrap=True)
+        stdout.print(f"[dim]{literal(note)}[/]", soft_wrap=True)
     stdout.print("[bold green]valid[/]" if report.passed else "[bold red]invalid[/]")
+
+
+def _short(value: float) -> str:
+    """``1e-4`` rather than ``0.0001``: tolerances read best in powers of ten."""
+    mantissa, exponent = f"{value:.3e}".split("e")
+    if -2 <= int(exponent) <= 3:
+        return f"{value:g}"
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

@@ -8,8 +8,15 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prernn_cli.cli.app import app, handles_errors, print_json, stdout
-from prernn_cli.cli.options import ArchOption, CheckpointArg, JsonOption, TrustPickleOption
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
+from prernn_cli.cli.options import (
+    ArchOption,
+    CheckpointArg,
+    InputSizeOption,
+    JsonOption,
+    SnippetLengthOption,
+    TrustPickleOption,
+)
 
 AllOption = Annotated[
     bool,
@@ -34,7 +41,8 @@ AllOption = Annotated[
     epilog=(
         "Examples:\n\n  prernn inspect sample_models/digit_vgg.pt\n\n"
         "  prernn inspect sample_models/digit_resnet.pt --all\n\n"
-        "  prernn inspect my_c3d.pth --arch c3d --json\n\n  prernn inspect whole_model.pt --trust-pickle"
+        "  prernn inspect my_c3d.pth --arch c3d --json\n\n  prernn inspect whole_model.pt --trust-pickle\n\n"
+        "  prernn inspect mobilenet_v2.pth --input-size 112"
     ),
 )
 @handles_errors
@@ -43,11 +51,18 @@ def inspect_command(
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
     show_all: AllOption = False,
+    input_size: InputSizeOption = None,
+    snippet_length: SnippetLengthOption = None,
     json_output: JsonOption = False,
 ) -> None:
+    from prernn_cli.archives import refuse_hostile_archive
+
+    refuse_hostile_archive(checkpoint)  # before torch is imported: a hostile archive costs next to nothing
     from prernn_cli.inspection import inspect_checkpoint
 
-    result = inspect_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    result = inspect_checkpoint(
+        checkpoint, arch=arch, trust_pickle=trust_pickle, input_size=input_size, snippet_length=snippet_length
+    )
     if json_output:
         print_json(result.to_dict(show_all=show_all))
         return
@@ -75,7 +90,7 @@ def _input_text(spec, known: bool) -> str:
 
 def _convertible_text(layer, show_all: bool) -> str:
     if not layer.convertible:
-        return f"[dim]no: {layer.reason}[/]" if show_all and layer.reason else "[dim]no[/]"
+        return f"[dim]no: {literal(layer.reason)}[/]" if show_all and layer.reason else "[dim]no[/]"
     activation = layer.activation if layer.activation and layer.activation != "identity" else None
     if layer.kind is not None and layer.kind.value == "fc":
         text = f"[green]yes[/]: fc, {layer.input_size}→{layer.hidden_size}"
@@ -94,11 +109,11 @@ def _convertible_text(layer, show_all: bool) -> str:
 
 def _render_summary(result) -> None:
     """The lines above the table: file, format, architecture, parameters, expected input."""
-    architecture = result.architecture or "unknown"
+    architecture = literal(result.architecture or "unknown")
     if result.identified:
         architecture += " [dim](identified from the weights; pass --arch to choose another)[/]"
     classes = f"   [bold]outputs[/] {result.num_classes}" if result.num_classes else ""
-    stdout.print(f"[bold]checkpoint[/]   {result.path}", soft_wrap=True)
+    stdout.print(f"[bold]checkpoint[/]   {literal(result.path)}", soft_wrap=True)
     stdout.print(f"[bold]format[/]       {result.format.value}")
     stdout.print(f"[bold]architecture[/] {architecture}{classes}", soft_wrap=True)
     stdout.print(f"[bold]parameters[/]   {result.total_params:,} total, {result.trainable_params:,} trainable")
@@ -112,21 +127,23 @@ def _render_converted(result) -> None:
     stdout.print(
         f"[bold]converted[/]    {spec.design.value} {spec.cell.value}"
         f"{' (SIH)' if spec.sih else ''}, head {head}, W_hh init {spec.init_hh.value}"
-        + (f", task {spec.task}" if spec.task else ""),
+        + (f", task {literal(spec.task)}" if spec.task else ""),
         soft_wrap=True,
     )
     if spec.class_names:
-        stdout.print(f"[bold]classes[/]      {', '.join(spec.class_names)}", soft_wrap=True)
+        stdout.print(f"[bold]classes[/]      {literal(', '.join(spec.class_names))}", soft_wrap=True)
+    if spec.training is not None:
+        stdout.print(f"[bold]trained[/]      {literal(_training_text(spec.training))}", soft_wrap=True)
     table = Table(title="Recurrent layers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("#", "from layer", "kind", "input → hidden", "activation", "params"):
         table.add_column(column, justify="right" if column in ("#", "params") else "left")
     for row in result.recurrent:
         table.add_row(
             str(row.index),
-            f"{row.alias} ({row.name})" if row.alias else row.name,
-            row.kind,
+            literal(f"{row.alias} ({row.name})" if row.alias else row.name),
+            literal(row.kind),
             f"{row.input_size} → {row.hidden_size}",
-            row.activation,
+            literal(row.activation),
             f"{row.params:,}",
         )
     stdout.print(table)
@@ -144,9 +161,9 @@ def _render_layers(result, show_all: bool) -> None:
     table.add_column("convertible", overflow="fold")
     for layer in result.rows(show_all):
         table.add_row(
-            layer.name,
-            layer.alias or "",
-            layer.type,
+            literal(layer.name),
+            literal(layer.alias or ""),
+            literal(layer.type),
             f"{_shape_text(layer.input_shape)} → {_shape_text(layer.output_shape)}",
             f"{layer.params:,}",
             _convertible_text(layer, show_all),
@@ -154,8 +171,21 @@ def _render_layers(result, show_all: bool) -> None:
     stdout.print(table)
     convertible = result.convertible()
     if convertible:
-        stdout.print(f"[bold]convertible[/]  {', '.join(layer.label for layer in convertible)}", soft_wrap=True)
+        stdout.print(
+            f"[bold]convertible[/]  {literal(', '.join(layer.label for layer in convertible))}", soft_wrap=True
+        )
     else:
-        stdout.print(f"[bold]convertible[/]  none: {result.why_none_convertible()}", soft_wrap=True)
+        stdout.print(f"[bold]convertible[/]  none: {literal(result.why_none_convertible())}", soft_wrap=True)
     if not show_all:
         stdout.print("[dim]--all lists every module, with why it is not convertible.[/]")
+
+
+def _training_text(record) -> str:
+    """How the model was trained and evaluated: the defaults of evaluate, analyze and export."""
+    parts = [f"task {record.task.value}", f"T {record.steps}", f"sampling {record.sampling}"]
+    if record.task.value == "classify":
+        parts.append(f"clip pool {record.clip_pool}")
+    if record.task.value == "regress":
+        parts.append(f"error norm {record.error_norm}, AUC up to {record.auc_threshold:g}")
+    parts.append(f"val fraction {record.val_fraction:g}")
+    return ", ".join(parts)

@@ -6,15 +6,66 @@ command only is declared in that command's module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from prernn_cli.errors import LayerError
+from prernn_cli.errors import LayerError, UserInputError
 from prernn_cli.params import ALL_CELLS
 from prernn_cli.spec import CellType, Task
+
+# ---------------------------------------------------------------- number ranges
+
+#: seeds reach torch, numpy and Python generators: all accept 0 ... 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """The finite floats an option allows, open or closed at each end: the option's parser.
+
+    Typer's ``min``/``max`` are closed bounds and let ``nan`` and ``inf`` through; this refuses both,
+    so a value that would only fail deep inside training fails while the command line is parsed
+    (exit 2, naming the option and this range).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{self.low:g}{'<' if self.low_open else '<='}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '<='}{self.high:g}"
+        if low and not high:  # x>0 rather than 0<x, as Typer words a lower bound alone
+            return f"x{'>' if self.low_open else '>='}{self.low:g}"
+        return f"{low}x{high}"
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __call__(self, value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{value!r} is not a number; give a number in the range {self}") from None
+        if not self.contains(number):
+            raise typer.BadParameter(f"{value} is not in the range {self}")
+        return number
+
+
+def float_option(*names: str, allowed: FloatRange, help: str, **options: Any) -> Any:
+    """A float option checked against ``allowed``, the range shown at the end of its help."""
+    return typer.Option(*names, parser=allowed, help=f"{help} \\[{allowed}]", **options)
+
 
 # ---------------------------------------------------------------- checkpoints and layers
 
@@ -31,7 +82,19 @@ ArchOption = Annotated[
     typer.Option(
         "--arch",
         help="Architecture: a torchvision model name, c3d, digit_vgg/digit_resnet/digit_c3d, "
-        "or package.module:callable. Identified from the weights when omitted.",
+        "or package.module:callable. Identified from the weights when omitted. For a converted model built "
+        "on your own class: that package.module:callable, to allow importing it.",
+    ),
+]
+#: For commands that open a converted model: the user's approval to import the class it was built on.
+ModelArchOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch",
+        metavar="PACKAGE.MODULE:CALLABLE",
+        help="Only for a model built on your own class: name that class (as recorded in the model) to allow "
+        "importing it. Opening such a model imports and runs that code, so it is refused without this.",
+        show_default=False,
     ),
 ]
 TrustPickleOption = Annotated[
@@ -80,7 +143,7 @@ StepsOption = Annotated[
         help="Time steps sampled per clip (for 3D backbones each step is a snippet of L frames).",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 FrameCacheOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -94,7 +157,37 @@ FrameCacheOption = Annotated[
 WorkersOption = Annotated[
     int,
     typer.Option(
-        "--workers", min=0, help="DataLoader worker processes decoding clips (0: decode in the main process)."
+        "--workers", min=0, max=256, help="DataLoader worker processes decoding clips (0: decode in the main process)."
+    ),
+]
+EarlyStopOption = Annotated[
+    int,
+    typer.Option(
+        "--early-stop",
+        min=0,
+        metavar="N",
+        help="Stop when the val metric (accuracy, AUC or sequence accuracy) has not improved for N epochs "
+        "(0: off). The reason goes into metrics.jsonl and the result.",
+    ),
+]
+SplitFileOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--split-file",
+        help="A UCF101 split list (trainlist0N.txt or testlist0N.txt beside classInd.txt) or an HMDB51 split file "
+        "(<class>_test_splitN.txt; every class's file of split N is read): train on its train list, validate on its "
+        "test list. --data is the folder its clip paths are relative to.",
+        show_default=False,
+    ),
+]
+GroupByOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--group-by",
+        metavar="REGEX",
+        help="Hold out whole groups, not single clips: the regex's first group, searched in each clip's name, names "
+        "its group (UCF101 v_Class_gXX_cYY: '_g(\\d+)_'). --val-fraction is then the share of groups.",
+        show_default=False,
     ),
 ]
 StrictOption = Annotated[
@@ -102,15 +195,18 @@ StrictOption = Annotated[
 ]
 ValFractionOption = Annotated[
     float,
-    typer.Option(
+    float_option(
         "--val-fraction",
+        allowed=FloatRange(0.0, 1.0, high_open=True),
         help="Share of each class held out for validation when DIR has no train/val folders (deterministic).",
     ),
 ]
 
 # ---------------------------------------------------------------- ONNX files (export, validate, stream)
 
-OnnxModelArg = Annotated[Path, typer.Argument(help="An ONNX file written by `prernn export`.", show_default=False)]
+OnnxModelArg = Annotated[
+    Path, typer.Argument(metavar="ONNX_MODEL", help="An ONNX file written by `prernn export`.", show_default=False)
+]
 ClipOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -129,17 +225,22 @@ ResizeOption = Annotated[
 ]
 AtolOption = Annotated[
     Optional[float],
-    typer.Option(
+    float_option(
         "--atol",
-        help="Absolute tolerance vs PyTorch (default 1e-4 for fp32, 2e-2 for fp16); "
-        "passes where |onnx - torch| <= atol + rtol·|torch|.",
+        allowed=FloatRange(0.0),
+        help="Absolute tolerance vs PyTorch (default 1e-4 for fp32, 2e-2 for fp16): an output passes where every "
+        "element has |onnx - torch| <= atol + rtol·max|torch|, max|torch| being that output's largest magnitude.",
         show_default=False,
     ),
 ]
 RtolOption = Annotated[
     Optional[float],
-    typer.Option(
-        "--rtol", help="Relative tolerance vs PyTorch (default 1e-3 for fp32, 2e-2 for fp16).", show_default=False
+    float_option(
+        "--rtol",
+        allowed=FloatRange(0.0),
+        help="Relative tolerance vs PyTorch (default 1e-3 for fp32, 2e-2 for fp16), relative to each output's "
+        "largest magnitude max|torch| (float32 rounding grows with the output's scale, not each element's).",
+        show_default=False,
     ),
 ]
 
@@ -175,3 +276,55 @@ def parse_layer_names(value: str) -> list[str]:
     if len(set(names)) != len(names):
         raise LayerError(f"a layer is named twice in --layer {value!r}; name each layer once")
     return names
+
+
+def parse_norm_points(text: str | None) -> tuple[int, int] | None:
+    """``--norm-points 36,45`` as two point indices."""
+    if not text:
+        return None
+    try:
+        i, j = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserInputError(f"--norm-points {text!r} must be two indices I,J, e.g. 36,45") from None
+    return i, j
+
+
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """``--input-size 112`` or ``112x160`` (height x width) as ``(height, width)``; the range is checked by the library."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.strip().lower().replace("×", "x").split("x")]
+    try:
+        if not 1 <= len(parts) <= 2 or not all(part.isdecimal() and len(part) <= 9 for part in parts):
+            raise ValueError(text)
+        return int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size; give H or HxW in pixels, e.g. 112 or 112x160") from None
+
+
+# ---------------------------------------------------------------- input size (convert, inspect, params, train)
+
+# parse_input_size turns the value into (height, width): that is what the command receives.
+InputSizeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--input-size",
+        metavar="H[xW]",
+        callback=parse_input_size,
+        help="Frame size to run at: H (square) or HxW, e.g. 112 for 112×112 clips. Default: the network's own, or "
+        "what a converted model records. Frames are resized (shorter side) and centre-cropped to it. convert records "
+        "it in the model (evaluate, analyze, export and stream use it); train moves a converted model to it where "
+        "its network allows.",
+        show_default=False,
+    ),
+]
+SnippetLengthOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--snippet-length",
+        metavar="L",
+        min=1,
+        help="3D backbones: frames per step (snippet length) instead of the network's own. Recorded like --input-size.",
+        show_default=False,
+    ),
+]

@@ -9,11 +9,13 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prernn_cli.cli.app import app, handles_errors, print_json, stdout
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
 from prernn_cli.cli.options import (
     ArchOption,
+    InputSizeOption,
     JsonOption,
     LayerOption,
+    SnippetLengthOption,
     TrustPickleOption,
     parse_cells,
     parse_layer_names,
@@ -23,6 +25,7 @@ from prernn_cli.params import HUMAN_COUNTING_NOTE
 OptionalCheckpointArg = Annotated[
     Optional[Path],
     typer.Argument(
+        metavar="CHECKPOINT",
         help="Checkpoint to size (any format `inspect` reads). Omit it and give --arch to size an architecture "
         "with random weights.",
         show_default=False,
@@ -73,8 +76,14 @@ def params_command(
     cell: CellsOption = None,
     traditional_layers: TraditionalLayersOption = None,
     trust_pickle: TrustPickleOption = False,
+    input_size: InputSizeOption = None,
+    snippet_length: SnippetLengthOption = None,
     json_output: JsonOption = False,
 ) -> None:
+    from prernn_cli.archives import refuse_hostile_archive
+
+    if checkpoint is not None:
+        refuse_hostile_archive(checkpoint)  # before torch is imported: a hostile archive costs next to nothing
     from prernn_cli.inspection import account_checkpoint
 
     report = account_checkpoint(
@@ -84,20 +93,22 @@ def params_command(
         cells=cell,
         traditional_layers=traditional_layers,
         trust_pickle=trust_pickle,
+        input_size=input_size,
+        snippet_length=snippet_length,
     )
     if json_output:
         print_json(report.to_dict())
         return
     _render_layers(report)
     stdout.print(_cells_table(report))
-    stdout.print(f"[dim]{report.traditional_note}.[/]", soft_wrap=True)
+    stdout.print(f"[dim]{literal(report.traditional_note)}.[/]", soft_wrap=True)
     stdout.print(f"[dim]{HUMAN_COUNTING_NOTE}[/]", soft_wrap=True)
 
 
 def _render_layers(report) -> None:
     """The base network and the shape of each converted layer."""
     stdout.print(
-        f"[bold]architecture[/] {report.architecture or 'unknown'}   "
+        f"[bold]architecture[/] {literal(report.architecture or 'unknown')}   "
         f"[bold]base parameters[/] {report.base_params:,}   [bold]feature size[/] {report.feature_size}"
     )
     for shape in report.layers:
@@ -105,7 +116,7 @@ def _render_layers(report) -> None:
         if shape.batchnorm_params:
             bias += f", BatchNorm ({shape.batchnorm_params:,})"
         stdout.print(
-            f"  {shape.label}: {shape.kind.value} {shape.input_size} → {shape.hidden_size}, "
+            f"  {literal(shape.label)}: {shape.kind.value} {shape.input_size} → {shape.hidden_size}, "
             f"|W| = {shape.weight_numel:,}, {bias}",
             soft_wrap=True,
         )
@@ -128,7 +139,10 @@ def _cells_table(report) -> Table:
     for accounting in report.cells:
         for count in accounting.designs:
             if not count.available:
-                table.add_row(accounting.cell.value, count.design.value, "n/a", "n/a", "n/a", "n/a", "n/a", style="dim")
+                table.add_row(
+                    accounting.cell.value, count.design.value, "n/a", "n/a", "n/a", "n/a", "n/a",
+                    style="dim", end_section=count is accounting.designs[-1],
+                )  # fmt: skip
                 continue
             ratio = ""
             if count.design.value == "sih" and accounting.sih_over_prernn is not None:

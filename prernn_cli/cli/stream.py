@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from prernn_cli.choices import Provider
-from prernn_cli.cli.app import app, handles_errors, stderr, stdout
-from prernn_cli.cli.options import OnnxModelArg, ResizeOption
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
+from prernn_cli.cli.options import JsonOption, OnnxModelArg, ResizeOption
 
-ClipArg = Annotated[Path, typer.Argument(help="A video file or a folder of frame images.", show_default=False)]
+ClipArg = Annotated[
+    Path, typer.Argument(metavar="CLIP", help="A video file or a folder of frame images.", show_default=False)
+]
 ProviderOption = Annotated[
     Provider,
     typer.Option(
@@ -27,14 +27,6 @@ IoBindingOption = Annotated[
     typer.Option(
         "--io-binding/--no-io-binding",
         help="Keep the state on the provider's device between calls (onnxruntime IO binding).",
-    ),
-]
-JsonLinesOption = Annotated[
-    bool,
-    typer.Option(
-        "--json",
-        help="JSON Lines on stdout: one record per step ({step, frames, class, index, score}); "
-        "the provider goes to stderr.",
     ),
 ]
 
@@ -57,16 +49,14 @@ def stream_command(
     provider: ProviderOption = Provider.AUTO,
     resize: ResizeOption = False,
     io_binding: IoBindingOption = True,
-    json_output: JsonLinesOption = False,
+    json_output: JsonOption = False,
 ) -> None:
     from prernn_cli.stream import stream_clip
 
     result = stream_clip(onnx_model, clip, provider, resize=resize, io_binding=io_binding)
-    provider_line = f"provider: {result.provider.provider.value} ({result.provider.reason})"
-    if json_output:
-        stderr.print(provider_line, soft_wrap=True, highlight=False)
-        for prediction in result.predictions:
-            sys.stdout.write(json.dumps(prediction.to_dict()) + "\n")
+    provider_line = literal(f"provider: {result.provider.provider.value} ({result.provider.reason})")
+    if json_output:  # one document: the run and its predictions ({step, frames, class, index, score})
+        print_json(result.to_dict())
         return
     stdout.print(f"[bold]{provider_line}[/]", soft_wrap=True)
     _render_predictions(result)
@@ -80,7 +70,7 @@ def _render_predictions(result) -> None:
         if p.values is not None:
             stdout.print(f"step {p.step:4d}  {where:>14}  {', '.join(f'{v:.4g}' for v in p.values)}", soft_wrap=True)
         else:
-            stdout.print(f"step {p.step:4d}  {where:>14}  {p.label}  {p.score:.3f}", soft_wrap=True)
+            stdout.print(f"step {p.step:4d}  {where:>14}  {literal(p.label)}  {p.score:.3f}", soft_wrap=True)
     note = f", {result.dropped_frames} trailing frames dropped (less than a snippet)" if result.dropped_frames else ""
     stdout.print(
         f"[dim]{len(result.predictions)} steps from {result.num_frames} frames, {result.steps_per_call} per call, "

@@ -7,23 +7,33 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from prernn_cli.choices import ClipPool, ErrorNorm, OptimizerKind, Sampling, ScheduleKind
-from prernn_cli.cli.app import app, handles_errors, print_json, stderr, stdout
+from prernn_cli.choices import ClipPool, ErrorNorm, FeatureDtype, OptimizerKind, Sampling, ScheduleKind
+from prernn_cli.cli.app import app, handles_errors, literal, print_json, stderr, stdout
 from prernn_cli.cli.options import (
+    MAX_SEED,
     DataOption,
     DeviceOption,
+    EarlyStopOption,
+    FloatRange,
     FrameCacheOption,
+    GroupByOption,
+    InputSizeOption,
     JsonOption,
+    ModelArchOption,
+    SnippetLengthOption,
+    SplitFileOption,
     StepsOption,
     StrictOption,
     TaskOption,
     ValFractionOption,
     WorkersOption,
+    float_option,
+    parse_norm_points,
 )
-from prernn_cli.errors import UserInputError
 from prernn_cli.spec import Task
 
 ModelArg = Annotated[
@@ -69,12 +79,24 @@ OptimizerOption = Annotated[
     OptimizerKind,
     typer.Option("--optimizer", case_sensitive=False, help="sgd (with momentum, as in the paper) or adamw."),
 ]
-LrOption = Annotated[float, typer.Option("--lr", help="Learning rate of new weights (W_h·, new heads).")]
-PretrainedLrMultOption = Annotated[
-    float, typer.Option("--pretrained-lr-mult", help="Learning rate of pretrained weights = --lr x this.")
+LrOption = Annotated[
+    float,
+    float_option(
+        "--lr", allowed=FloatRange(0.0, low_open=True), help="Learning rate of new weights (W_h·, new heads)."
+    ),
 ]
-MomentumOption = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
-WeightDecayOption = Annotated[float, typer.Option("--weight-decay", help="Weight decay.")]
+PretrainedLrMultOption = Annotated[
+    float,
+    float_option(
+        "--pretrained-lr-mult",
+        allowed=FloatRange(0.0),
+        help="Learning rate of pretrained weights = --lr x this (0: pretrained weights stay fixed).",
+    ),
+]
+MomentumOption = Annotated[
+    float, float_option("--momentum", allowed=FloatRange(0.0, 1.0, high_open=True), help="SGD momentum.")
+]
+WeightDecayOption = Annotated[float, float_option("--weight-decay", allowed=FloatRange(0.0), help="Weight decay.")]
 ScheduleOption = Annotated[
     ScheduleKind,
     typer.Option(
@@ -87,8 +109,12 @@ WarmupStepsOption = Annotated[
     int, typer.Option("--warmup-steps", min=0, help="Linear learning-rate warm-up, in optimiser steps.")
 ]
 StepEpochsOption = Annotated[int, typer.Option("--step-epochs", min=1, help="Step schedule: epochs between decays.")]
-GammaOption = Annotated[float, typer.Option("--gamma", help="Step schedule: decay factor.")]
-ClipGradOption = Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm to this (0: off).")]
+GammaOption = Annotated[
+    float, float_option("--gamma", allowed=FloatRange(0.0, 1.0, low_open=True), help="Step schedule: decay factor.")
+]
+ClipGradOption = Annotated[
+    float, float_option("--clip-grad", allowed=FloatRange(0.0), help="Clip the gradient norm to this (0: off).")
+]
 FreezeTrunkOption = Annotated[
     bool,
     typer.Option(
@@ -96,7 +122,36 @@ FreezeTrunkOption = Annotated[
         help="Train only the recurrent layers and the head (trunk weights and BatchNorm statistics fixed).",
     ),
 ]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed of sampling, augmentation and dropout.")]
+TrunkCacheOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--trunk-cache",
+        help="With --freeze-trunk: compute the trunk's outputs (the first converted layer's input) once per clip and "
+        "keep them in this folder; epochs then run only the recurrent layers and above. Spatial augmentation is off "
+        "(one centre-cropped view per clip; random temporal sampling stays) unless --trunk-cache-views K.",
+        show_default=False,
+    ),
+]
+TrunkCacheDtypeOption = Annotated[
+    FeatureDtype,
+    typer.Option(
+        "--trunk-cache-dtype",
+        case_sensitive=False,
+        help="How the trunk cache stores outputs: float16 (half the disk) or float32 (training exactly as without it).",
+    ),
+]
+TrunkCacheViewsOption = Annotated[
+    int,
+    typer.Option(
+        "--trunk-cache-views",
+        min=0,
+        help="Augmented views per clip in the trunk cache: view k's crop (and flip) is fixed by (seed, clip, k), each "
+        "epoch picks one view per clip (0: the centre view only).",
+    ),
+]
+SeedOption = Annotated[
+    int, typer.Option("--seed", min=0, max=MAX_SEED, help="Seed of sampling, augmentation and dropout.")
+]
 AmpOption = Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (ignored on CPU).")]
 CheckpointEveryOption = Annotated[
     int,
@@ -122,6 +177,10 @@ ResumeOption = Annotated[
         help="Continue an interrupted run: its folder (or its last.safetensors).",
         show_default=False,
     ),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace the run already in -o DIR (its checkpoints and records) with a new one."),
 ]
 ClipPoolOption = Annotated[
     ClipPool,
@@ -149,7 +208,12 @@ NormPointsOption = Annotated[
     ),
 ]
 AucThresholdOption = Annotated[
-    float, typer.Option("--auc-threshold", help="regress: upper error limit of the cumulative error curve's AUC.")
+    float,
+    float_option(
+        "--auc-threshold",
+        allowed=FloatRange(0.0, low_open=True),
+        help="regress: upper error limit of the cumulative error curve's AUC.",
+    ),
 ]
 
 
@@ -190,69 +254,99 @@ def train_command(
     amp: AmpOption = True,
     workers: WorkersOption = 2,
     frame_cache: FrameCacheOption = None,
+    trunk_cache: TrunkCacheOption = None,
+    trunk_cache_dtype: TrunkCacheDtypeOption = FeatureDtype.FLOAT16,
+    trunk_cache_views: TrunkCacheViewsOption = 0,
     strict: StrictOption = False,
     val_fraction: ValFractionOption = 0.2,
+    split_file: SplitFileOption = None,
+    group_by: GroupByOption = None,
     checkpoint_every: CheckpointEveryOption = 0,
     max_steps: MaxStepsOption = None,
+    early_stop: EarlyStopOption = 0,
     resume: ResumeOption = None,
+    overwrite: OverwriteOption = False,
     clip_pool: ClipPoolOption = ClipPool.MEAN,
     error_norm: ErrorNormOption = ErrorNorm.NONE,
     norm_points: NormPointsOption = None,
     auc_threshold: AucThresholdOption = 0.08,
+    arch: ModelArchOption = None,
+    input_size: InputSizeOption = None,
+    snippet_length: SnippetLengthOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    from prernn_cli.data import parse_flip_pairs
-    from prernn_cli.train import TrainConfig
+    _train(**locals())
 
-    points = _parse_norm_points(norm_points)
-    model, splits = _load(model_path, data, val_fraction, task)
+
+def _train(
+    model_path: Path, data: Path, output_dir: Path, *, task, val_fraction, split_file, group_by, arch, input_size,
+    snippet_length, trunk_cache, trunk_cache_dtype, trunk_cache_views, norm_points, flip_pairs, clip_grad,
+    frame_cache, resume, overwrite, json_output, **settings,
+) -> None:  # fmt: skip
+    """Load the data and the model (resized when asked), build the run's config, train, report."""
+    from prernn_cli.data import parse_flip_pairs
+    from prernn_cli.files import refuse_folder_over_inputs
+    from prernn_cli.input_size import resize_model
+    from prernn_cli.train import RUN_FILE_NAMES, TrainConfig
+
+    refuse_folder_over_inputs(output_dir, RUN_FILE_NAMES, model_path, data)
+    cache = _trunk_cache_settings(trunk_cache, trunk_cache_dtype, trunk_cache_views, model_path, data)
+    points = parse_norm_points(norm_points)
+    model, splits = _load(model_path, data, val_fraction, task, arch, split_file, group_by)
+    model = resize_model(model, input_size, snippet_length, user_class=arch)  # exit 2 where the network can't
     config = TrainConfig(
-        task=splits.task, epochs=epochs, batch_size=batch_size, steps=steps, sampling=sampling, augment=augment,
-        flip=flip, flip_pairs=parse_flip_pairs(flip_pairs), optimizer=optimizer, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, step_epochs=step_epochs, gamma=gamma,
-        clip_grad=clip_grad or None, pretrained_lr_mult=pretrained_lr_mult, freeze_trunk=freeze_trunk, seed=seed,
-        device=device, amp=amp, workers=workers, frame_cache=str(frame_cache) if frame_cache else None, strict=strict,
-        checkpoint_every=checkpoint_every, max_steps=max_steps, clip_pool=clip_pool, error_norm=error_norm,
-        norm_points=points, auc_threshold=auc_threshold,
+        task=splits.task, flip_pairs=parse_flip_pairs(flip_pairs), clip_grad=clip_grad or None,
+        frame_cache=str(frame_cache) if frame_cache else None, **cache, norm_points=points,
+        val_fraction=val_fraction, group_by=group_by if split_file is None else None, **settings,
     )  # fmt: skip
-    result = _train_with_progress(model, splits, output_dir, config, resume, quiet=json_output)
-    if result is None:  # a DDP process other than the main one: the main one reports
-        return
+    result = _train_with_progress(model, splits, output_dir, config, resume, overwrite, quiet=json_output)
+    if result is not None:  # None: a DDP process other than the main one, which reports
+        _report(result, json_output, f"{model_path.name} on {data}", output_dir)
+
+
+def _trunk_cache_settings(folder: Path | None, dtype: FeatureDtype, views: int, *inputs: Path) -> dict:
+    """The trunk cache's settings of the run's config; a cache folder inside an input folder is refused."""
+    if folder is not None:
+        from prernn_cli.files import refuse_overwriting
+
+        refuse_overwriting(folder, *inputs, option="--trunk-cache")
+    return {"trunk_cache": str(folder) if folder else None, "trunk_cache_dtype": dtype, "trunk_cache_views": views}
+
+
+def _report(result, json_output: bool, title: str, output_dir: Path) -> None:
+    """The run's result on stdout: one JSON document, or the epoch table and the files written."""
     if json_output:
         print_json(result.to_dict())
-        return
-    _render_training(result, f"{model_path.name} on {data}", output_dir)
+    else:
+        _render_training(result, title, output_dir)
 
 
-def _parse_norm_points(text: str | None) -> tuple[int, int] | None:
-    """``--norm-points 36,45`` as two point indices."""
-    if not text:
-        return None
-    try:
-        i, j = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UserInputError(f"--norm-points {text!r} must be two indices I,J, e.g. 36,45") from None
-    return i, j
-
-
-def _load(model_path: Path, data: Path, val_fraction: float, task: Task | None):
-    """The clips (regression targets checked up front), then the model."""
+def _load(
+    model_path: Path,
+    data: Path,
+    val_fraction: float,
+    task: Task | None,
+    arch: str | None,
+    split_file: Path | None = None,
+    group_by: str | None = None,
+):
+    """The clips (regression targets checked up front), then the model (``arch``: the user class it may need)."""
     from prernn_cli.checkpoint import load_converted
     from prernn_cli.data import check_targets, discover
 
-    splits = discover(data, val_fraction=val_fraction, task=task)
+    splits = discover(data, val_fraction=val_fraction, task=task, split_file=split_file, group_by=group_by)
     check_targets(splits)
-    return load_converted(model_path), splits
+    return load_converted(model_path, user_class=arch), splits
 
 
-def _train_with_progress(model, splits, output_dir: Path, config, resume: Path | None, quiet: bool):
+def _train_with_progress(model, splits, output_dir: Path, config, resume: Path | None, overwrite: bool, quiet: bool):
     """Run ``train`` with progress bars (none when quiet); the result on the main process, None on the others."""
     from prernn_cli.train import train
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = None if quiet or not is_main else _TrainProgress()
     try:
-        result = train(model, splits, output_dir, config, resume=resume, progress=progress)
+        result = train(model, splits, output_dir, config, resume=resume, progress=progress, overwrite=overwrite)
     finally:
         if progress is not None:
             progress.stop()
@@ -263,9 +357,11 @@ class _TrainProgress:
     """A progress callback for ``train``: rich bars on stderr, one per epoch, and one line per finished epoch."""
 
     def __init__(self) -> None:
+        wraps = {"table_column": Column(overflow="fold")}  # at 80 columns the figures wrap rather than being cut
         self.bars = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} clips/s"),
+            TextColumn("loss {task.fields[loss]}", **wraps), TextColumn("{task.fields[speed]} clips/s", **wraps),
+            TextColumn("step {task.fields[step]}, {task.fields[seen]} clips seen", **wraps),
             TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False,
         )  # fmt: skip
         self.task = None
@@ -279,10 +375,14 @@ class _TrainProgress:
             self.task = self.bars.add_task(
                 f"epoch {event.epoch + 1}/{event.epochs}",
                 total=event.steps_in_epoch, completed=event.step_in_epoch, loss="-", speed="-",
+                step=event.global_step, seen="-",
             )  # fmt: skip
         elif event.kind is EventKind.STEP and self.task is not None:
             speed = f"{event.clips_per_s:.1f}" if event.clips_per_s else "-"
-            self.bars.update(self.task, completed=event.step_in_epoch, loss=f"{event.loss:.4f}", speed=speed)
+            self.bars.update(
+                self.task, completed=event.step_in_epoch, loss=f"{event.loss:.4f}", speed=speed,
+                step=event.global_step, seen=event.clips_seen if event.clips_seen is not None else "-",
+            )  # fmt: skip
         elif event.kind is EventKind.EPOCH_END and event.row:
             self._epoch_line(event.row)
 
@@ -292,6 +392,8 @@ class _TrainProgress:
             f"training on {info.get('device')} (x{info.get('world_size')}): {info.get('train_clips')} train / "
             f"{info.get('val_clips')} val clips, {info.get('steps_per_epoch')} steps per epoch{resumed}"
         )
+        if info.get("trunk_cache"):
+            stderr.print(literal(info["trunk_cache"]), soft_wrap=True)
         self.bars.start()
 
     def _epoch_line(self, row: dict) -> None:
@@ -300,17 +402,26 @@ class _TrainProgress:
             for k, v in row.items()
             if k.startswith(("train_", "val_")) and v is not None
         ]
-        self.bars.console.print(f"epoch {row['epoch']}: " + "  ".join(parts))
+        seen = f" (step {row.get('step')}, {row.get('clips_seen')} clips seen)" if "clips_seen" in row else ""
+        self.bars.console.print(f"epoch {row['epoch']}{seen}: " + "  ".join(parts))
+        if row.get("stopped"):
+            self.bars.console.print(literal(row["stopped"]))
 
     def stop(self) -> None:
         self.bars.stop()
 
 
+# Counts the lines around the epoch table already give: left out so that it fits 80 columns.
+_NOT_IN_EPOCH_TABLE = ("seconds", "train_clips", "val_clips", "skipped", "clips_seen", "stopped")
+
+
 def _epoch_table(history: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    keys = [k for k in history[0] if k not in ("seconds",)] if history else []
+    """One row per epoch; headers on two lines (``train`` / ``loss``) and cells folded, never cut."""
+    table = Table(title=literal(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    keys = [k for k in history[0] if k not in _NOT_IN_EPOCH_TABLE] if history else []
     for key in keys:
-        table.add_column(key.replace("_", " "), justify="right")
+        header = "clips/s" if key == "clips_per_s" else key.replace("_", "\n", 1).replace("_", " ")
+        table.add_column(header, justify="right", overflow="fold")
     for row in history:
         table.add_row(*[(f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))) for k in keys])
     return table
@@ -322,11 +433,16 @@ def _render_training(result, title: str, output_dir: Path) -> None:
     if result.skipped:
         stderr.print(
             f"[yellow]{len(result.skipped)} clip(s) skipped[/] (unreadable or too short): "
-            + ", ".join(p for p, _ in result.skipped[:5])
+            + literal(", ".join(p for p, _ in result.skipped[:5]))
         )
     if result.best:
         best = result.best
-        stdout.print(f"best {best['metric']} {best['score']:.4f} at epoch {best['epoch']} -> {result.files['best']}")
+        stdout.print(
+            f"best {best['metric']} {best['score']:.4f} at epoch {best['epoch']} -> {literal(result.files['best'])}"
+        )
     if result.stopped_early:
-        stdout.print(f"stopped after --max-steps; continue with --resume {output_dir}")
-    stdout.print(f"last: {result.files['last']}  metrics: {result.files['metrics']}  curves: {result.files['curves']}")
+        stdout.print(f"stopped after --max-steps; continue with --resume {literal(output_dir)}")
+    elif result.stop_reason.startswith("early stop"):
+        stdout.print(literal(result.stop_reason), soft_wrap=True)
+    files = {name: literal(path) for name, path in result.files.items()}
+    stdout.print(f"last: {files['last']}  metrics: {files['metrics']}  curves: {files['curves']}", soft_wrap=True)

@@ -2,11 +2,13 @@
 
 * :mod:`~prernn_cli.data.discovery` and :mod:`~prernn_cli.data.manifests`: where clips come from
   (a clip folder ``DIR/<class>/<clip>`` or a ``.csv``/``.jsonl`` manifest) and their train/val splits;
+* :mod:`~prernn_cli.data.split_lists`: UCF101/HMDB51 split lists and group-aware holdouts;
 * :mod:`~prernn_cli.data.decoding`: video files and frame folders decoded into frames;
 * :mod:`~prernn_cli.data.sampling`: which frames make a clip's T steps;
 * :mod:`~prernn_cli.data.preprocessing`: resizing, cropping, normalising, augmentation;
 * :mod:`~prernn_cli.data.dataset`: the torch ``Dataset`` and batch collation;
-* :mod:`~prernn_cli.data.frame_cache`: a disk cache of decoded, resized clips.
+* :mod:`~prernn_cli.data.frame_cache`: a disk cache of decoded, resized clips;
+* :mod:`~prernn_cli.data.trunk_cache`: a disk cache of a frozen trunk's outputs, and the dataset reading it.
 """
 
 from prernn_cli.data.clips import Clip, DataSplits
@@ -25,6 +27,8 @@ from prernn_cli.data.preprocessing import (
     to_tensor,
 )
 from prernn_cli.data.sampling import Sampling, dense_windows, frames_to_steps, step_starts
+from prernn_cli.data.split_lists import read_split_file
+from prernn_cli.data.trunk_cache import TrunkCache, TrunkFeatureDataset, TrunkFeatureModel
 from prernn_cli.spec import Task
 
 __all__ = [
@@ -36,8 +40,12 @@ __all__ = [
     "ClipDataset",
     "ClipReadError",
     "FrameCache",
+    "TrunkCache",
+    "TrunkFeatureDataset",
+    "TrunkFeatureModel",
     "discover",
     "read_manifest",
+    "read_split_file",
     "load_targets",
     "read_frames",
     "count_frames",

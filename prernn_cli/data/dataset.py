@@ -94,7 +94,9 @@ class ClipDataset(Dataset):
         """First frame of each step: the dense window's, or sampled by :attr:`sampling`."""
         if clip.start is not None:
             return step_starts(num_frames, self.steps, self.snippet, Sampling.DENSE, start=clip.start)
-        return step_starts(num_frames, self.steps, self.snippet, self.sampling, rng=step_rng)
+        # a CTC label sequence covers the whole clip: random steps must not crop any of it away
+        whole = self.task is Task.CTC
+        return step_starts(num_frames, self.steps, self.snippet, self.sampling, rng=step_rng, whole=whole)
 
     def _sampled_frames(self, clip: Clip, step_rng: random.Random | None) -> tuple[np.ndarray, list[int], int]:
         """The resized frames of the sampled steps ``[T*L, H', W', C]`` uint8, the steps' first frames, the clip's frame count."""

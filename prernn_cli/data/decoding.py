@@ -18,6 +18,7 @@ from PIL import Image
 from prernn_cli.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
 
 
 class ClipReadError(Exception):

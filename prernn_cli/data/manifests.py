@@ -4,21 +4,27 @@ Every row gives ``path`` and one of ``label`` (classify), ``targets`` (regress: 
 ``.npy``/``.csv`` file of shape N×K, one row per frame of the clip) or ``labels``
 (ctc: a space-separated string or a JSON list of class names), and optionally
 ``split`` (``train``/``val``; without it a deterministic ``val_fraction`` is held
-out, per class for classification). Relative paths are relative to the manifest.
+out, per class for classification, or of the clips' groups with ``group_by``: see
+:mod:`prernn_cli.data.split_lists`). Relative paths are relative to the manifest.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
 from prernn_cli.data.clips import Clip, DataSplits, holdout
 from prernn_cli.data.decoding import ClipReadError, count_frames
+from prernn_cli.data.split_lists import group_holdout
 from prernn_cli.errors import DataError
 from prernn_cli.spec import Task
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl"})
 CTC_BLANK = "<blank>"
@@ -125,14 +131,21 @@ def _outputs(rows: list[dict], path: Path, task: Task) -> tuple[tuple[str, ...],
     return (), widths.pop()
 
 
-def _split_rows(rows: list[dict], path: Path, task: Task, val_fraction: float) -> tuple[list[dict], list[dict], bool]:
-    """Train rows, val rows, and whether the manifest gave the split (else a per-class holdout)."""
+def _split_rows(
+    rows: list[dict], path: Path, task: Task, val_fraction: float, group_by: re.Pattern | None = None
+) -> tuple[list[dict], list[dict], bool]:
+    """Train rows, val rows, and whether the manifest gave the split (else a per-class or per-group holdout)."""
     has_split = any(str(row.get("split", "")).strip() for row in rows)
     if has_split:
+        if group_by is not None:
+            logger.warning("--group-by is not used: manifest %s has a split column, which fixes the split", path)
         bad = sorted({str(row.get("split")) for row in rows} - {"train", "val"})
         if bad:
             raise DataError(f"manifest {path} has split values {bad}; use train or val on every row")
         return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "val"], True
+    if group_by is not None:
+        train, val = group_holdout(rows, lambda row: row["_path"].name, group_by, val_fraction)
+        return train, val, False
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(str(row["label"]) if task is Task.CLASSIFY else "", []).append(row)
@@ -152,7 +165,9 @@ def _to_clip(row: dict, task: Task, index: dict[str, int]) -> Clip:
     return Clip(row["_path"], targets=row["_targets"])
 
 
-def read_manifest(path: Path, val_fraction: float = 0.2, task: Task | None = None) -> DataSplits:
+def read_manifest(
+    path: Path, val_fraction: float = 0.2, task: Task | None = None, group_by: re.Pattern | None = None
+) -> DataSplits:
     """Read a CSV/JSONL manifest (see the module docstring); ``task`` None: inferred from the columns.
 
     Raises :class:`DataError` for an unusable manifest, missing files, or classes that differ between its splits.
@@ -163,7 +178,7 @@ def read_manifest(path: Path, val_fraction: float = 0.2, task: Task | None = Non
     _resolve_paths(rows, path, task)
     names, num_outputs = _outputs(rows, path, task)
     index = {n: i for i, n in enumerate(names)}
-    train_rows, val_rows, has_split = _split_rows(rows, path, task, val_fraction)
+    train_rows, val_rows, has_split = _split_rows(rows, path, task, val_fraction, group_by)
     train = [_to_clip(row, task, index) for row in train_rows]
     val = [_to_clip(row, task, index) for row in val_rows]
     if not train:

@@ -7,8 +7,10 @@ scaled to [0, 1] and normalised with the spec's mean and std.
 Augmentation (training only, on by default, ``augment=False`` turns it off)
     is a random *translation*: the resized frame is padded by 1/8 of its size
     (edge pixels repeated) and a random window of the spec's size is cropped,
-    the same window for every frame of a clip. It preserves every label this
-    tool trains on, including direction of motion. Horizontal flipping is
+    the same window for every frame of a clip. It preserves class and CTC
+    labels, including direction of motion; training turns it off for
+    regression, whose targets (landmarks, positions) are often image
+    coordinates that a shift would falsify. Horizontal flipping is
     **off by default**: it turns left into right, so it would silently corrupt
     motion-direction or handedness labels. Enable it with ``flip=True`` only
     when labels do not depend on left/right, or give ``flip_pairs`` (class

@@ -2,7 +2,10 @@
 
 T steps are sampled per clip (:class:`Sampling`): ``uniform`` spreads them evenly
 over the clip, ``random`` draws a random stride and offset (the default for
-training, a temporal augmentation that never reverses time), ``dense`` cuts the
+training, a temporal augmentation that never reverses time; with ``whole`` — for CTC,
+whose label sequence describes the whole clip, so a crop that drops part of the clip
+would drop labelled events — one random step in each of T equal segments of the clip
+instead), ``dense`` cuts the
 clip into consecutive windows of T steps (every window is one example; for long
 videos). For a 3D backbone every step is a snippet of L consecutive frames
 (``InputSpec.snippet_length``). A clip shorter than one needs is *too short*: it
@@ -34,10 +37,12 @@ def step_starts(
     mode: Sampling,
     rng: random.Random | None = None,
     start: int | None = None,
+    whole: bool = False,
 ) -> list[int]:
     """First frame of each of the ``steps`` steps (each step covers ``snippet`` frames).
 
-    ``rng`` is used by ``random`` sampling only; ``start`` is the first frame of a dense window.
+    ``rng`` is used by ``random`` sampling only; ``start`` is the first frame of a dense window;
+    ``whole``: random steps still cover the whole clip (one per segment).
     Raises :class:`ClipReadError` when the clip is too short.
     """
     if num_frames < frames_needed(steps, snippet):
@@ -48,6 +53,9 @@ def step_starts(
     if mode is Sampling.DENSE:
         first = start or 0
         return [first + i * snippet for i in range(steps)]
+    if mode is Sampling.RANDOM and rng is not None and whole and steps > 1:
+        edges = [round(i * (span + 1) / steps) for i in range(steps + 1)]  # T segments, none empty
+        return [rng.randint(edges[i], edges[i + 1] - 1) for i in range(steps)]
     if mode is Sampling.RANDOM and rng is not None and steps > 1:
         max_stride = span // (steps - 1)
         min_stride = min(snippet, max_stride)

@@ -36,7 +36,7 @@ from prernn_cli.errors import ExportError, ExportValidationError, PrernnError
 from prernn_cli.export.loading import load_clip_steps, load_model_for_export
 from prernn_cli.export.spec import OnnxExportSpec, OnnxStateModule, Precision
 from prernn_cli.export.validation import ValidationReport, validate_onnx
-from prernn_cli.files import check_writable_output
+from prernn_cli.files import cannot_write, check_writable_output, refuse_overwriting
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ def _parameter_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     return sum(t.numel() for t in (*model.parameters(), *model.buffers())) * itemsize
 
 
+#: T of the exported graph for a model that records no training.
+DEFAULT_EXPORT_STEPS = 16
+
+
 # ---------------------------------------------------------------- the steps of an export
 
 
@@ -118,7 +122,7 @@ def _export_program(wrapper: OnnxStateModule, spec: OnnxExportSpec) -> Any:
             )
     except PrernnError:
         raise
-    except Exception as error:  # noqa: BLE001 - torch.export raises many kinds
+    except torch.onnx.OnnxExporterError as error:  # what torch.export and the ONNX translation raise, wrapped
         message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise PrernnError(f"torch.onnx.export failed on this model: {message}") from error
     for key, value in spec.metadata().items():
@@ -126,10 +130,24 @@ def _export_program(wrapper: OnnxStateModule, spec: OnnxExportSpec) -> Any:
     return program
 
 
-def _stage(program: Any, staged: Path, external: bool) -> None:
-    """Write the program to ``staged`` (with an external data file beside it when ``external``)."""
-    with _quiet_exporter():
-        program.save(staged, external_data=external)
+def _staging_folder(output: Path) -> Path:
+    """A new temporary folder beside ``output`` for the files of one export."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as error:
+        raise cannot_write(output, error) from None
+
+
+def _stage(program: Any, staged: Path, external: bool, output: Path) -> None:
+    """Write the program to ``staged`` (with an external data file beside it when ``external``).
+
+    An OS error (a full disk) names ``output``, the file being written, and its cause.
+    """
+    try:
+        with _quiet_exporter():
+            program.save(staged, external_data=external)
+    except OSError as error:
+        raise cannot_write(output, error) from None
 
 
 def _validate_staged(
@@ -215,10 +233,10 @@ def export_onnx(
         model.train(was_training)
 
     external = _parameter_bytes(subject, dtype) > EXTERNAL_DATA_BYTES
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging = _staging_folder(output)
     try:
         staged = staging / output.name
-        _stage(program, staged, external)
+        _stage(program, staged, external, output)
         report = None
         if validate:
             report = _validate_staged(
@@ -248,7 +266,7 @@ def export_file(
     model_path: Path,
     output: Path | None = None,
     *,
-    steps: int = 16,
+    steps: int | None = None,
     opset: int | None = None,
     half: bool = False,
     batch: str | int | None = None,
@@ -257,16 +275,26 @@ def export_file(
     clip: Path | None = None,
     resize: bool = False,
     keep_invalid: bool = False,
+    arch: str | None = None,
 ) -> ExportResult:
-    """``prernn export MODEL --onnx``: load a converted model, export it, validate it (on ``clip`` too)."""
-    if steps < 1:  # before loading anything: the cheapest mistake to report
+    """``prernn export MODEL --onnx``: load a converted model, export it, validate it (on ``clip`` too).
+
+    ``steps`` defaults to the T the model was trained with (16 for a model never trained).
+    """
+    if steps is not None and steps < 1:  # before loading anything: the cheapest mistake to report
         raise ExportError(f"--steps must be at least 1 (1 gives the streaming step model), not {steps}")
     model_path = Path(model_path)
+    if output is not None and Path(output).is_dir():
+        raise ExportError(
+            f"output path {output} is a directory; give a file name, e.g. -o {Path(output) / 'model.onnx'}"
+        )
+    model = load_model_for_export(model_path, user_class=arch)  # arch: the user class the user approved
+    if steps is None:
+        steps = model.spec.training.steps if model.spec.training is not None else DEFAULT_EXPORT_STEPS
     output = Path(output) if output is not None else default_output(model_path, half, steps)
-    if output.is_dir():
-        raise ExportError(f"output path {output} is a directory; give a file name, e.g. -o {output / 'model.onnx'}")
     check_writable_output(output)
-    model = load_model_for_export(model_path)
+    for written in (output, output.with_name(output.name + ".data")):  # the graph, and its external data
+        refuse_overwriting(written, model_path, clip)
     spec = OnnxExportSpec.create(model.spec, steps=steps, opset=opset, batch=batch, half=half, atol=atol, rtol=rtol)
     clip_steps = load_clip_steps(clip, model.spec, resize)
     return export_onnx(model, output, spec, clip_steps=clip_steps, keep_invalid=keep_invalid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from torch import nn
@@ -13,8 +14,11 @@ from prernn_cli.errors import ExportError, UserInputError
 from prernn_cli.spec import SPEC_METADATA_KEY, ModelSpec
 
 
-def load_model_for_export(path: Path) -> nn.Module:
-    """Load a converted model, or say what to run first when ``path`` is not one."""
+def load_model_for_export(path: Path, user_class: Optional[str] = None) -> nn.Module:
+    """Load a converted model, or say what to run first when ``path`` is not one.
+
+    ``user_class``: the user's class the model may be built on, approved on the command line (``--arch``).
+    """
     path = Path(path)
     if not path.exists():
         raise UserInputError(
@@ -26,16 +30,16 @@ def load_model_for_export(path: Path) -> nn.Module:
         raise ExportError(
             f"{path} is not a converted prernn model; run `prernn convert {path} --layer LAYER -o model.safetensors` first and export that"
         )
-    return load_converted(path)
+    return load_converted(path, user_class=user_class)
 
 
 def _has_prernn_spec(path: Path) -> bool:
-    try:
-        from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    try:
         with safe_open(str(path), framework="pt") as handle:
             return SPEC_METADATA_KEY in (handle.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors file at all
+    except (SafetensorError, OSError):  # not a safetensors file at all, or not readable
         return False
 
 

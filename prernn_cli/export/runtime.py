@@ -12,6 +12,7 @@ onnxruntime really started the provider asked for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ __all__ = [
 #: onnxruntime log severities: 3 logs errors only, 4 only fatal errors.
 LOG_ERRORS = 3
 LOG_FATAL = 4
+
+# onnxruntime's telemetry writes a device id and an event database (~/.cache/Microsoft/DeveloperTools/.onnxruntime,
+# $TMPDIR/.ses) when it is imported, unless this is set first; every import of onnxruntime in prernn follows this one.
+# A user's own setting wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 _ORT_NAMES = {
     "cuda": "CUDAExecutionProvider",
@@ -62,6 +68,7 @@ def open_session(
     """
     import onnxruntime as ort
 
+    ort.disable_telemetry_events()  # no events from this session, also where onnxruntime was imported before us
     options = ort.SessionOptions()
     options.log_severity_level = log_level
     if threads:

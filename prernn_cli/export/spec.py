@@ -18,10 +18,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -52,8 +52,9 @@ class Precision(str, Enum):
         return np.float16 if self is Precision.FP16 else np.float32
 
 
-#: Default tolerances per precision: an output passes where |onnx - torch| <= atol + rtol * |torch|,
-#: element-wise, torch being the fp32 PyTorch model in both cases.
+#: Default tolerances per precision: an output passes where every element has
+#: |onnx - torch| <= atol + rtol * max|torch|, the max over that output, torch being the fp32
+#: PyTorch model in both cases.
 DEFAULT_TOLERANCE: dict[Precision, tuple[float, float]] = {
     Precision.FP32: (1e-4, 1e-3),
     Precision.FP16: (2e-2, 2e-2),
@@ -332,7 +333,11 @@ class OnnxExportSpec:
 
 
 def read_export_spec(onnx_path: Path) -> OnnxExportSpec:
-    """The :class:`OnnxExportSpec` stored in an exported file (weights are not read)."""
+    """The :class:`OnnxExportSpec` stored in an exported file (weights are not read).
+
+    Raises:
+        UserInputError: not an ONNX file, no prernn metadata, or external data outside the file's folder.
+    """
     import onnx
 
     onnx_path = Path(onnx_path)
@@ -340,8 +345,74 @@ def read_export_spec(onnx_path: Path) -> OnnxExportSpec:
         raise UserInputError(f"{onnx_path} does not exist; give the path of a .onnx file written by `prernn export`")
     try:
         proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf raises a variety of errors
+    except Exception as error:  # noqa: BLE001 - onnx.load picks its parser by suffix (protobuf, JSON, text), each with its own errors; only this call is guarded
         raise UserInputError(
             f"{onnx_path} is not an ONNX file ({type(error).__name__}); give a .onnx file written by `prernn export`"
         ) from None
+    check_external_data(proto, onnx_path)
     return OnnxExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}, source=str(onnx_path))
+
+
+# ---------------------------------------------------------------- external data
+
+
+def _graph_tensors(graph) -> Iterator:
+    """Every tensor a graph holds: initializers, sparse ones, node attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node) -> Iterator:
+    for attribute in node.attribute:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        if attribute.HasField("sparse_tensor"):
+            yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+        if attribute.HasField("g"):
+            yield from _graph_tensors(attribute.g)
+        for subgraph in attribute.graphs:
+            yield from _graph_tensors(subgraph)
+
+
+def _model_tensors(proto) -> Iterator:
+    yield from _graph_tensors(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            yield from _node_tensors(node)
+
+
+def check_external_data(proto, onnx_path: Path) -> None:
+    """Refuse a model whose external data lies outside its folder, before anything reads it.
+
+    ``proto`` is the model loaded with ``load_external_data=False``. Each tensor stored
+    outside the file names it by ``location``: it must be a relative path without ``..``
+    that resolves (symlinks followed) to a file inside ``onnx_path``'s folder; otherwise
+    onnx and onnxruntime would read whatever file it names.
+
+    Raises:
+        UserInputError: a location is absolute, climbs out, resolves outside, or is missing.
+    """
+    import onnx
+
+    folder = Path(onnx_path).absolute().parent
+    root = folder.resolve()
+    for tensor in _model_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        relative = PurePosixPath(location.replace("\\", "/"))
+        climbs = not location or "\0" in location or relative.is_absolute() or ".." in relative.parts
+        target = None if climbs else (folder / location).resolve()
+        if target is None or not target.is_relative_to(root):
+            raise UserInputError(
+                f"refused {onnx_path}: its tensor {tensor.name!r} names external data at {location!r}, outside the model's folder; "
+                "external data must sit beside the .onnx file under a relative name (export the model again)"
+            )
+        if not target.is_file():
+            raise UserInputError(
+                f"{onnx_path} needs its external data file {location!r} beside it, and it is missing; copy it next to the .onnx file"
+            )

@@ -29,6 +29,7 @@ from prernn_cli.errors import LayerError
 from prernn_cli.spec import InputSpec, LayerKind
 from prernn_cli.surgery.tracing import (
     _CONV_TYPES,
+    InputShapeError,
     _activation_name,
     _describe,
     _is_add,
@@ -211,6 +212,8 @@ def _untraced_report(modules: Mapping[str, nn.Module], by_name: Mapping[str, str
     if len(message) > 240:
         message = message[:240].rsplit(" ", 1)[0] + " …"
     reason = f"the model cannot be traced with torch.fx ({type(error).__name__}: {message})"
+    if isinstance(error, InputShapeError):  # it traced, but the input spec's size or channels do not fit it
+        reason = str(error)
     layers = tuple(
         LayerReport(
             name=name,

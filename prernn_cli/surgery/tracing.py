@@ -88,6 +88,40 @@ class _LayerTracer(fx.Tracer):
         return isinstance(module, self._LEAVES) or super().is_leaf_module(module, qualified_name)
 
 
+class InputShapeError(ValueError):
+    """The example input of an input spec does not run through the network (a size or channel count it does not take)."""
+
+    def __init__(self, input_spec: InputSpec, detail: str) -> None:
+        shape = "×".join(str(side) for side in input_spec.step_shape())
+        super().__init__(f"the network does not run on a {shape} input: {detail}")
+
+
+def _unflattened(node: fx.Node) -> Optional[tuple[int, ...]]:
+    """The per-sample shape a flatten/view/reshape node received, to show where a vector's size comes from."""
+    flattening = (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target in ("flatten", "view", "reshape")
+    )
+    source = node.args[0] if flattening and node.args and isinstance(node.args[0], fx.Node) else None
+    return _shape(source) if source is not None else None
+
+
+def _failure(graph_module: fx.GraphModule, cause: BaseException) -> str:
+    """Where shape propagation stopped and why: an fc layer's expected size in words, else the error's first line."""
+    message = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    # ShapeProp marks every node it ran with its result's type: the first node without one failed.
+    node = next((n for n in graph_module.graph.nodes if "type" not in n.meta and n.op != "output"), None)
+    if node is None or node.op != "call_module":
+        return message if node is None else f"{_describe(node)} fails ({message})"
+    module = graph_module.get_submodule(str(node.target))
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    got = _shape(source) if source is not None else None
+    if isinstance(module, nn.Linear) and got:
+        before = _unflattened(source)
+        origin = f" ({'×'.join(map(str, before))})" if before and len(before) > 1 else ""
+        return f"{node.target} (Linear) needs {module.in_features} inputs per frame and gets {got[-1]}{origin}"
+    return f"{node.target} ({type(module).__name__}) fails ({message})"
+
+
 def _example_input(model: nn.Module, input_spec: InputSpec, batch: int = 2) -> torch.Tensor:
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -116,9 +150,7 @@ def _trace(model: nn.Module, input_spec: InputSpec) -> _Trace:
             ShapeProp(graph_module, fake_mode=mode).propagate(example)
     except RuntimeError as error:
         cause = error.__cause__ or error
-        raise ValueError(
-            f"the example input {list(input_spec.step_shape())} does not run through it: {cause}"
-        ) from cause
+        raise InputShapeError(input_spec, _failure(graph_module, cause)) from cause
     nodes = list(graph_module.graph.nodes)
     depends: dict[fx.Node, bool] = {}
     for node in nodes:

@@ -10,11 +10,11 @@ from enum import Enum
 import torch
 from torch import nn
 
-from prernn_cli.choices import OptimizerKind, ScheduleKind
+from prernn_cli.choices import FeatureDtype, OptimizerKind, ScheduleKind
 from prernn_cli.data import Sampling
 from prernn_cli.errors import UserInputError
 from prernn_cli.metrics import ClipPool, ErrorNorm, MetricOptions
-from prernn_cli.spec import Task
+from prernn_cli.spec import Task, TrainingRecord
 
 
 @dataclass
@@ -45,13 +45,19 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     workers: int = 2
     frame_cache: str | None = None  # folder of decoded, resized clips (FrameCache); None: decode every epoch
+    trunk_cache: str | None = None  # folder of a frozen trunk's outputs (TrunkCache); None: run the trunk every step
+    trunk_cache_dtype: FeatureDtype = FeatureDtype.FLOAT16
+    trunk_cache_views: int = 0  # augmented views per clip in the trunk cache; 0: the centre view only
     strict: bool = False
     checkpoint_every: int = 0  # also save `last` every N optimiser steps (0: once per epoch)
     max_steps: int | None = None  # stop after this many optimiser steps (saves `last`)
+    early_stop: int = 0  # stop when the val metric has not improved for N epochs (0: off; train/stopping.py)
     clip_pool: ClipPool = ClipPool.MEAN
     error_norm: ErrorNorm = ErrorNorm.NONE
     norm_points: tuple[int, int] | None = None
     auc_threshold: float = 0.08
+    val_fraction: float = 0.2  # how the data's val split was held out (recorded for evaluate)
+    group_by: str | None = None  # --group-by regex of that holdout (recorded for evaluate)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -59,6 +65,20 @@ class TrainConfig:
 
     def metric_options(self) -> MetricOptions:
         return MetricOptions(self.clip_pool, self.error_norm, self.norm_points, self.auc_threshold)
+
+    def record(self) -> TrainingRecord:
+        """What a trained model's spec keeps of this run, so evaluation can measure it the same way."""
+        return TrainingRecord(
+            task=self.task,
+            steps=self.steps,
+            sampling=self.sampling.value,
+            clip_pool=self.clip_pool.value,
+            error_norm=self.error_norm.value,
+            norm_points=tuple(self.norm_points) if self.norm_points else None,
+            auc_threshold=self.auc_threshold,
+            val_fraction=self.val_fraction,
+            group_by=self.group_by,
+        )
 
 
 def schedule_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -28,6 +28,7 @@ class ProgressEvent:
     clips_per_s: float | None = None
     row: dict | None = None  # EPOCH_END: the metrics row
     info: dict | None = None  # START: what is being trained
+    clips_seen: int | None = None  # STEP, EPOCH_END: training clips the optimiser has seen so far
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -41,6 +42,7 @@ class TrainResult:
     skipped: list[tuple[str, str]]
     files: dict[str, str]
     stopped_early: bool = False
+    stop_reason: str = ""  # completed N epochs, --max-steps reached, or the early stop's reason
 
     def to_dict(self) -> dict:
         return {
@@ -50,4 +52,5 @@ class TrainResult:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "files": self.files,
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
         }

@@ -8,6 +8,7 @@ optimiser, counters, history, best) in a :class:`Run`, passed to each step of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -19,18 +20,36 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from prernn_cli.checkpoint import save_converted
 from prernn_cli.data import DataSplits, collate
+from prernn_cli.data.sampling import frames_needed
 from prernn_cli.devices import autocast_context
-from prernn_cli.errors import TrainingError
+from prernn_cli.errors import DataError, TrainingError
+from prernn_cli.files import output_folder
 from prernn_cli.metrics import MAIN_METRIC, Accumulator, report_skips, run_model, task_loss
 from prernn_cli.train.config import TrainConfig, schedule_factor
 from prernn_cli.train.distributed import ShardSampler
 from prernn_cli.train.events import EventKind, ProgressCallback, ProgressEvent, TrainResult
 from prernn_cli.train.loaders import RunData, run_data
-from prernn_cli.train.records import plot_curves, write_jsonl
-from prernn_cli.train.run import Run, RunContext, prepare_optimizer, resume_run, save_run, start_run, tear_down
-from prernn_cli.train.state import load_training_state, restore_weights
+from prernn_cli.train.run import (
+    Run,
+    RunContext,
+    prepare_optimizer,
+    prepare_run_folder,
+    read_resume_state,
+    resume_run,
+    save_run,
+    start_run,
+    tear_down,
+    write_derived,
+)
+from prernn_cli.train.state import restore_weights
+from prernn_cli.train.stopping import (
+    STOPPED_KEY,
+    clips_seen_so_far,
+    early_stop_reason,
+    stop_reason,
+    stopped_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +94,11 @@ def _check_finite(run: Run, context: RunContext, loss: float, norm: float) -> No
     )
 
 
-def _step(run: Run, context: RunContext, batch: dict, empty: bool) -> tuple[torch.Tensor, float]:
+def _step(run: Run, context: RunContext, batch: dict, empty: bool, step_shape: tuple) -> tuple[torch.Tensor, float]:
     """One optimiser step on ``batch``; an empty batch (every clip skipped) takes a zero-weight step."""
     config = context.config
     if empty:  # stay in lock-step with the other ranks: a zero-weight dummy step
-        frames = torch.zeros((1, config.steps, *run.model.spec.input.step_shape()), device=context.device)
+        frames = torch.zeros((1, config.steps, *step_shape), device=context.device)
     else:
         frames = batch["frames"].to(context.device, non_blocking=True)
     with autocast_context(context.device, config.amp):
@@ -111,7 +130,7 @@ def _train_epoch(run: Run, context: RunContext, data: RunData) -> float:
         if empty and not context.distributed:
             position.batch_in_epoch += 1
             continue
-        outputs, loss = _step(run, context, batch, empty)
+        outputs, loss = _step(run, context, batch, empty, data.step_shape)
         position.global_step += 1
         position.batch_in_epoch += 1
         if not empty:
@@ -129,6 +148,7 @@ def _train_epoch(run: Run, context: RunContext, data: RunData) -> float:
                 position.global_step,
                 loss,
                 speed,
+                clips_seen=clips_seen_so_far(run.history, run.train_acc.clips * context.world),
             )
         )
         if (
@@ -136,7 +156,8 @@ def _train_epoch(run: Run, context: RunContext, data: RunData) -> float:
             and position.global_step % config.checkpoint_every == 0
             and position.batch_in_epoch < data.steps_per_epoch
         ):
-            save_run(run, context)
+            require_usable_clips(run, context, data)
+            save_run(run, context, records=False)
         if config.max_steps and position.global_step >= config.max_steps:
             break
     return time.perf_counter() - started
@@ -156,7 +177,7 @@ def _epoch_results(run: Run, context: RunContext, data: RunData) -> tuple[Accumu
         )
         skipped = data.skipped if context.is_main else None
         val_acc = run_model(
-            run.model,
+            data.reader,
             loader,
             context.splits.task,
             context.device,
@@ -181,6 +202,7 @@ def _metrics_row(run: Run, data: RunData, seconds: float, train_acc: Accumulator
         "lr": run.scheduler.get_last_lr()[-1],
         "seconds": round(seconds, 3),
         "clips_per_s": round(train_acc.clips / seconds, 2) if seconds > 0 else None,
+        "clips_seen": clips_seen_so_far(run.history, train_acc.clips),
     }
     for key, value in train_acc.metrics().items():
         row[f"train_{key}"] = value
@@ -191,12 +213,14 @@ def _metrics_row(run: Run, data: RunData, seconds: float, train_acc: Accumulator
     return row
 
 
-def _update_best(run: Run, context: RunContext, row: dict, validated: bool) -> None:
-    """Keep the epoch as ``best`` when its main metric (val, else train) beats the best so far; a tie goes to the lower loss."""
+def _update_best(run: Run, context: RunContext, row: dict) -> None:
+    """Keep the epoch as ``best`` when its main metric (val, else train) beats the best so far; a tie goes to the lower loss.
+
+    Val counts when it has a score: a val split whose clips were all skipped has none.
+    """
     metric = MAIN_METRIC[context.splits.task]
-    score = row.get(f"val_{metric}", row.get(f"train_{metric}"))
-    prefix = "val" if validated else "train"
-    loss = row.get(f"{prefix}_loss")
+    prefix = "val" if row.get(f"val_{metric}") is not None else "train"
+    score, loss = row.get(f"{prefix}_{metric}"), row.get(f"{prefix}_loss")
     best = run.best
     tie_better = (
         best is not None
@@ -206,23 +230,23 @@ def _update_best(run: Run, context: RunContext, row: dict, validated: bool) -> N
         and loss < best["loss"]
     )
     if score is not None and (best is None or score > best["score"] or tie_better):
+        # best.safetensors follows once the epoch is committed (save_run)
         run.best = {"epoch": run.position.epoch + 1, "metric": f"{prefix}_{metric}", "score": score, "loss": loss}
-        if context.is_main:
-            save_converted(run.model, context.files.best)
 
 
 def _end_epoch(run: Run, context: RunContext, data: RunData, seconds: float) -> None:
-    """Validate, record the epoch's metrics row, keep the best model, save ``last``, write the records."""
+    """Validate, record the epoch's metrics row, note the best epoch, checkpoint (``last``, ``best``, the records)."""
     train_acc, val_acc = _epoch_results(run, context, data)
     row = _metrics_row(run, data, seconds, train_acc, val_acc)
     run.history.append(row)
-    _update_best(run, context, row, validated=val_acc is not None)
+    _update_best(run, context, row)
+    config = context.config
+    reason = early_stop_reason(run.history, run.best, config.early_stop, config.epochs)
+    if reason:
+        row[STOPPED_KEY] = reason  # in metrics.jsonl, and in the state so a resumed run stays stopped
     run.position.epoch += 1
     run.position.batch_in_epoch = 0
     save_run(run, context)
-    if context.is_main:
-        write_jsonl(run.history, context.files.metrics)
-        plot_curves(run.history, context.splits.task, context.files.curves)
     position, epochs = run.position, context.config.epochs
     context.emit(
         ProgressEvent(
@@ -233,8 +257,48 @@ def _end_epoch(run: Run, context: RunContext, data: RunData, seconds: float) -> 
             data.steps_per_epoch,
             position.global_step,
             row=row,
+            clips_seen=row["clips_seen"],
         )
     )
+
+
+# ---------------------------------------------------------------- training on nothing
+
+
+def require_usable_clips(run: Run, context: RunContext, data: RunData) -> None:
+    """Stop (exit 2) before the first checkpoint when not one training clip could be used.
+
+    A clip is known to be unusable (too short for ``--steps``, unreadable) only once it is
+    loaded, so this runs during the first epoch: before its first checkpoint, and after its
+    pass over the training clips.
+    """
+    if run.history:
+        return
+    clips = run.train_acc.clips
+    if context.distributed:
+        total = torch.tensor([clips], dtype=torch.long, device=context.device)
+        dist.all_reduce(total)
+        clips = int(total.item())
+    if clips == 0:
+        raise _nothing_to_train_on(data, context)
+
+
+def _nothing_to_train_on(data: RunData, context: RunContext) -> DataError:
+    """Why every training clip was skipped, counted by reason, and what to change."""
+    config, train = context.config, context.splits.train
+    train_paths = {str(clip.path) for clip in train}
+    reasons = [(path, reason) for path, reason in data.skipped if path in train_paths]
+    short = [pair for pair in reasons if pair[1].startswith("too short")]
+    other = [pair for pair in reasons if not pair[1].startswith("too short")]
+    parts = []
+    if short:
+        need = frames_needed(config.steps, data.train_set.snippet)
+        parts.append(f"{len(short)} too short (need {need} frames for --steps {config.steps})")
+    if other:
+        parts.append(f"{len(other)} unusable (first: {other[0][0]}: {other[0][1]})")
+    fix = "lower --steps or give longer clips" if short else "fix or replace the clips"
+    why = ", ".join(parts) if parts else "see the warnings above"
+    return DataError(f"all {len(train)} training clips were skipped: {why}; {fix}; nothing was written")
 
 
 # ---------------------------------------------------------------- the run
@@ -243,11 +307,12 @@ def _end_epoch(run: Run, context: RunContext, data: RunData, seconds: float) -> 
 def _run_epochs(run: Run, context: RunContext, data: RunData) -> None:
     """Train epoch after epoch until ``epochs`` (or ``max_steps``, saving ``last`` where it stopped)."""
     config = context.config
-    while run.position.epoch < config.epochs:
+    while run.position.epoch < config.epochs and not stopped_reason(run.history):
         seconds = _train_epoch(run, context, data)
+        require_usable_clips(run, context, data)
         reached_max = bool(config.max_steps and run.position.global_step >= config.max_steps)
         if reached_max and run.position.batch_in_epoch < data.steps_per_epoch:
-            save_run(run, context)
+            save_run(run, context, records=False)
             run.stopped_early = True
             return
         _end_epoch(run, context, data, seconds)
@@ -263,38 +328,43 @@ def train(
     config: TrainConfig,
     resume: Path | None = None,
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Fine-tune ``model`` on ``splits``; see :mod:`prernn_cli.train` for what is written."""
+    """Fine-tune ``model`` on ``splits``; see :mod:`prernn_cli.train` for what is written.
+
+    ``output_dir`` must not hold an earlier run unless it is the one ``resume`` continues,
+    or ``overwrite`` replaces it. A run folder this call creates is removed again when the
+    run fails before writing anything into it.
+    """
     output_dir = Path(output_dir)
-    context = start_run(model, splits, output_dir, config, progress)
-    state = load_training_state(resume) if resume is not None else None
-    if state is not None:
-        restore_weights(model, state, resume)
+    context = start_run(model, splits, output_dir, config, progress, resume, overwrite)
+    folder = output_folder(output_dir, "run folder") if context.is_main else contextlib.nullcontext()
+    with folder:
+        prepare_run_folder(context, resume, overwrite)
+        state = read_resume_state(resume, context.files)
+        if state is not None:
+            restore_weights(model, state, resume)
+        return _train_in_folder(model, context, state)
+
+
+def _train_in_folder(model: nn.Module, context: RunContext, state: dict | None) -> TrainResult:
+    """The run itself, in its run folder, from the beginning or from ``state``."""
+    config, splits = context.config, context.splits
     optimizer = prepare_optimizer(model, context)
-    data = run_data(model.spec.input, splits, config, context.world, context.rank, context.device)
+    data = run_data(model, splits, config, context.world, context.rank, context.device)
     scheduler = LambdaLR(optimizer, schedule_factor(config, data.steps_per_epoch))
-    run = Run(model, model, optimizer, scheduler, Accumulator(splits.task, config.metric_options()))
+    run = Run(model, data.reader, optimizer, scheduler, Accumulator(splits.task, config.metric_options()))
     if state is not None:
         resume_run(run, state, context.device)
+        if context.is_main:
+            write_derived(run, context)  # the state is the commit: finish what a kill may have cut short
     if context.distributed:
         device = context.device
         run.ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            data.reader, device_ids=[device.index] if device.type == "cuda" else None
         )
     context.emit(
-        ProgressEvent(
-            EventKind.START,
-            run.position.epoch,
-            config.epochs,
-            info={
-                "device": str(context.device),
-                "world_size": context.world,
-                "train_clips": len(data.train_set),
-                "val_clips": len(data.val_set),
-                "steps_per_epoch": data.steps_per_epoch,
-                "resumed_at_step": run.position.global_step if state is not None else None,
-            },
-        )
+        ProgressEvent(EventKind.START, run.position.epoch, config.epochs, info=_start_info(run, context, data, state))
     )
     finished = False
     try:
@@ -305,4 +375,20 @@ def train(
     if context.is_main and data.skipped:
         logger.warning("%d clip(s) skipped (unreadable or too short)", len(data.skipped))
     context.emit(ProgressEvent(EventKind.DONE, run.position.epoch, config.epochs, global_step=run.position.global_step))
-    return TrainResult(output_dir, run.history, run.best, data.skipped, context.files.to_dict(), run.stopped_early)
+    files = context.files
+    reason = stop_reason(run.history, config.epochs, config.max_steps, run.stopped_early)
+    return TrainResult(
+        files.last.parent, run.history, run.best, data.skipped, files.to_dict(), run.stopped_early, reason
+    )
+
+
+def _start_info(run: Run, context: RunContext, data: RunData, state: dict | None) -> dict:
+    return {
+        "device": str(context.device),
+        "world_size": context.world,
+        "train_clips": len(data.train_set),
+        "val_clips": len(data.val_set),
+        "steps_per_epoch": data.steps_per_epoch,
+        "resumed_at_step": run.position.global_step if state is not None else None,
+        "trunk_cache": data.note,
+    }

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from prernn_cli.files import atomic_path
+from prernn_cli.files import atomic_path, finite_json
 from prernn_cli.metrics import MAIN_METRIC
 from prernn_cli.spec import Task
 
@@ -32,13 +32,37 @@ class RunFiles:
         )
 
     def to_dict(self) -> dict[str, str]:
-        return {name: str(getattr(self, name)) for name in ("last", "best", "state", "metrics", "curves")}
+        return {name: str(path) for name, path in self.paths().items()}
+
+    def paths(self) -> dict[str, Path]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def holding_a_run(self) -> list[Path]:
+        """The files of an earlier run in the folder (its checkpoints and records), if any."""
+        return [path for path in (self.state, self.last, self.metrics) if path.exists()]
+
+    def remove(self) -> None:
+        """Remove the run's files (for --overwrite: the new run must not mix with the old one)."""
+        for path in self.paths().values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def remove_leftovers(self) -> None:
+        """Remove temporary files a killed run left behind (``.last.state.pt.*.tmp``, ...)."""
+        for path in self.paths().values():
+            for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+
+#: The names of the files a run writes in its folder
+RUN_FILE_NAMES = tuple(path.name for path in RunFiles.in_folder(Path(".")).paths().values())
 
 
 def write_jsonl(history: list[dict], path: Path) -> None:
     """One JSON row per epoch."""
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+        tmp.write_text("".join(finite_json(row) + "\n" for row in history))
 
 
 def plot_curves(history: list[dict], task: Task, path: Path) -> None:
