@@ -7,14 +7,19 @@ folder), T=8, batch 8, 20 % held out for validation. Both runs read frames from 
 ``--frame-cache`` filled beforehand, so what differs is the trunk alone: without the cache
 it runs on every sampled frame of every epoch, with it once per clip before the first epoch.
 
-Reported per run, medians over the epochs after the first (the first is a warm-up):
+The two alternate in ``--rounds`` short runs (a shared machine's load changes by the minute);
+reported are medians over every run's epochs after its first (a warm-up):
 
 * ``train s/epoch``: the training loop (the metrics row's ``seconds``);
 * ``epoch s``: the whole epoch as a user waits for it: training, validation, checkpoint;
-* ``fill s``: the trunk cache's one-time pass (computing every clip's entry);
-* the ratios without / with the cache, and the whole ``train()`` call's wall time.
+* ``fill s``: the trunk cache's one-time pass (computing every clip's entry, first round);
+* the ratios without / with the cache.
 
-Run: ``.venv/bin/python benchmarks/bench_trunk_cache.py [--clips 50] [--epochs 6] [--threads 2]``
+On an oversubscribed machine (load above the cores) OpenMP's barriers make every small
+op cost milliseconds at 2 threads, which hits the recurrent layer's per-step ops far
+harder than the trunk's large convolutions; ``--threads 1`` measures compute there.
+
+Run: ``.venv/bin/python benchmarks/bench_trunk_cache.py [--clips 50] [--rounds 4] [--threads 2] [--traditional]``
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ def build_model(args):
 
 
 def timed_run(splits, args, out: Path, frame_cache: Path, trunk_cache: Path | None) -> dict:
-    """Train once; per-epoch seconds (loop only, and whole epoch), the cache's fill, the call's wall time."""
+    """Train once (``args.epochs``); each epoch's seconds (loop only, and whole), and the time before the first."""
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, steps=args.steps, workers=args.workers, device="cpu",
         freeze_trunk=True, augment=False, optimizer=OptimizerKind.ADAMW, lr=1e-3, frame_cache=str(frame_cache),
@@ -89,16 +94,37 @@ def timed_run(splits, args, out: Path, frame_cache: Path, trunk_cache: Path | No
             marks.append(time.perf_counter())
 
     started = time.perf_counter()
-    result = train(build_model(args), splits, out, config, progress=progress)
-    wall = time.perf_counter() - started
-    if args.epochs < 2:  # the warm-up run: it fills the frame cache
-        return {}
-    epochs = [b - a for a, b in zip(marks[1:], marks[2:])]  # EPOCH_START to the next EPOCH_START (or DONE)
+    result = train(build_model(args), splits, out, config, progress=progress, overwrite=True)
     return {
-        "train_s": statistics.median(row["seconds"] for row in result.history[1:]),
-        "epoch_s": statistics.median(epochs[1:]),
+        "train_s": [row["seconds"] for row in result.history],
+        "epoch_s": [b - a for a, b in zip(marks[1:], marks[2:])],  # EPOCH_START to the next EPOCH_START (or DONE)
         "before_first_epoch_s": marks[1] - started,  # model to device, data, the trunk cache's fill
-        "wall_s": wall,
+    }
+
+
+def interleaved(splits, args, tmp: Path) -> dict:
+    """``--rounds`` rounds, each training once without the cache and once with it; epochs after each run's first.
+
+    Alternating the two in short rounds spreads a shared machine's changing load over both.
+    """
+    frames, trunk = tmp / "frames", tmp / "trunk"
+    timed_run(splits, argparse.Namespace(**{**vars(args), "epochs": 1}), tmp / "warm", frames, None)  # frame cache
+    samples: dict = {"without": {"train_s": [], "epoch_s": []}, "with": {"train_s": [], "epoch_s": []}}
+    before: dict = {}  # the first round's time before the first epoch: with the cache, its fill
+    for _ in range(args.rounds):
+        for name, cache in (("without", None), ("with", trunk)):
+            run = timed_run(splits, args, tmp / name, frames, cache)
+            for key in ("train_s", "epoch_s"):
+                samples[name][key] += run[key][1:]  # each run's first epoch is a warm-up
+            before.setdefault(name, run["before_first_epoch_s"])
+    medians = {name: {key: statistics.median(values) for key, values in runs.items()} for name, runs in samples.items()}
+    return {
+        "without_cache": medians["without"],
+        "with_cache": medians["with"],
+        "train_speedup": medians["without"]["train_s"] / medians["with"]["train_s"],
+        "epoch_speedup": medians["without"]["epoch_s"] / medians["with"]["epoch_s"],
+        "fill_s": before["with"] - before["without"],
+        "samples_per_median": len(samples["with"]["train_s"]),
     }
 
 
@@ -106,7 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=6, help="at least 2: the first is a warm-up")
+    parser.add_argument("--epochs", type=int, default=3, help="per run, at least 2: each run's first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=4, help="runs without and with the cache, alternating")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
@@ -117,28 +144,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        splits = discover(synthetic_clips(tmp / "clips", args.clips, args.frames), val_fraction=0.2)
-        frames = tmp / "frames"
-        timed_run(splits, argparse.Namespace(**{**vars(args), "epochs": 1}), tmp / "warm", frames, None)  # frames
-        without = timed_run(splits, args, tmp / "without", frames, None)
-        cached = timed_run(splits, args, tmp / "with", frames, tmp / "trunk")
-    numbers = {
-        "model": "tragru" if args.traditional else "pregru-sih", "clips": args.clips, "frames": args.frames, "steps": args.steps, "size": SIZE, "threads": args.threads,
-        "without_cache": without, "with_cache": cached,
-        "train_speedup": without["train_s"] / cached["train_s"],
-        "epoch_speedup": without["epoch_s"] / cached["epoch_s"],
-        "fill_s": cached["before_first_epoch_s"] - without["before_first_epoch_s"],
-    }  # fmt: skip
-    if args.json:
-        print(json.dumps(numbers, indent=2))
-        return
+        splits = discover(synthetic_clips(Path(folder) / "clips", args.clips, args.frames), val_fraction=0.2)
+        numbers = interleaved(splits, args, Path(folder))
     model = f"TraGRU hidden {args.hidden_size}" if args.traditional else "PreGRU-SIH features.18.0"
+    if args.json:
+        print(json.dumps({"model": model, **vars(args), **numbers}, indent=2))
+        return
     print(f"mobilenet_v2 {model}, {SIZE}x{SIZE}, {args.clips} clips x {args.frames} frames, T={args.steps}, "
-          f"{args.threads} threads, medians of epochs 2..{args.epochs}")  # fmt: skip
-    print(f"{'':14}{'train s/epoch':>15}{'epoch s':>10}{'run wall s':>12}")
-    for name, row in (("without cache", without), ("with cache", cached)):
-        print(f"{name:14}{row['train_s']:>15.3f}{row['epoch_s']:>10.3f}{row['wall_s']:>12.1f}")
+          f"{args.threads} threads; medians of {numbers['samples_per_median']} epochs each, {args.rounds} rounds")  # fmt: skip
+    print(f"{'':14}{'train s/epoch':>15}{'epoch s':>10}")
+    for name in ("without_cache", "with_cache"):
+        row = numbers[name]
+        print(f"{name.replace('_', ' '):14}{row['train_s']:>15.3f}{row['epoch_s']:>10.3f}")
     print(f"speed-up: training loop {numbers['train_speedup']:.1f}x, whole epoch {numbers['epoch_speedup']:.1f}x; "
           f"one-time fill {numbers['fill_s']:.1f} s")  # fmt: skip
 

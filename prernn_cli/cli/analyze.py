@@ -169,7 +169,7 @@ def _performance_table(report) -> Table:
             note = performance.note if performance is not None else "not measured"
             table.add_row(literal(analysis.label), str(analysis.clips), "-", "-", "-", literal(f"unchecked: {note}"))
             continue
-        holds = "holds" if analysis.memory_reading_holds else "says nothing (no better than chance)"
+        holds = "holds" if analysis.memory_reading_holds else "none: at chance"
         table.add_row(
             literal(analysis.label),
             str(performance.clips),

@@ -361,7 +361,7 @@ class _TrainProgress:
         self.bars = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}", **wraps), TextColumn("{task.fields[speed]} clips/s", **wraps),
-            TextColumn("step {task.fields[step]}, {task.fields[seen]} clips seen", **wraps),
+            TextColumn("step {task.fields[step]}", **wraps),
             TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False,
         )  # fmt: skip
         self.task = None
@@ -375,13 +375,12 @@ class _TrainProgress:
             self.task = self.bars.add_task(
                 f"epoch {event.epoch + 1}/{event.epochs}",
                 total=event.steps_in_epoch, completed=event.step_in_epoch, loss="-", speed="-",
-                step=event.global_step, seen="-",
+                step=event.global_step,
             )  # fmt: skip
         elif event.kind is EventKind.STEP and self.task is not None:
             speed = f"{event.clips_per_s:.1f}" if event.clips_per_s else "-"
             self.bars.update(
-                self.task, completed=event.step_in_epoch, loss=f"{event.loss:.4f}", speed=speed,
-                step=event.global_step, seen=event.clips_seen if event.clips_seen is not None else "-",
+                self.task, completed=event.step_in_epoch, loss=f"{event.loss:.4f}", speed=speed, step=event.global_step,
             )  # fmt: skip
         elif event.kind is EventKind.EPOCH_END and event.row:
             self._epoch_line(event.row)
