@@ -245,6 +245,17 @@ def cli_options() -> dict[str, bool]:
     }
 
 
+def reuse(record: Path, command: list[str]) -> dict | None:
+    """What ``record`` holds when it records this very command (and thread setting) as done: it is not run again."""
+    if not record.is_file():
+        return None
+    done = json.loads(record.read_text())
+    same = done.get("command") == command and done.get("threads", CLI_ENV.get("OMP_NUM_THREADS")) == CLI_ENV.get(
+        "OMP_NUM_THREADS"
+    )
+    return done if same else None
+
+
 def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: Budget, options: dict) -> dict:
     """Convert, then train one variant for one seed; returns its metrics rows and wall time."""
     slug = variant.name.lower().replace("-", "_")
@@ -253,7 +264,13 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
     convert = ["convert", str(weights), "--layer", LAYER, *variant.flags, "--num-classes", "2", "--seed", str(seed)]
     if options["input_size"]:
         convert += ["--input-size", "112"]
-    converted = json.loads(cli(*convert, "-o", str(model), "--json").stdout)
+    convert += ["-o", str(model), "--json"]
+    converted = reuse(model.with_suffix(".json"), convert)
+    if converted is None:
+        converted = json.loads(cli(*convert).stdout)
+        model.with_suffix(".json").write_text(json.dumps({"command": convert, "result": converted}))
+    else:
+        converted = converted["result"]
     run = work / "runs" / f"{slug}_s{seed}"
     train = ["train", str(model), "--data", str(work / "data"), "-o", str(run), "--overwrite", "--json"]
     train += ["--epochs", str(budget.epochs), "--batch-size", str(budget.batch_size), "--steps", "16"]
@@ -265,9 +282,16 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
         train += ["--early-stop", str(budget.early_stop)]
     if options["trunk_cache"]:
         train += ["--trunk-cache", str(work / "trunk_cache")]
-    start = time.perf_counter()
-    cli(*train)
-    seconds = time.perf_counter() - start
+    record = run / "benchmark.json"
+    done = reuse(record, train)
+    if done is None:
+        record.unlink(missing_ok=True)
+        start = time.perf_counter()
+        cli(*train)
+        seconds = time.perf_counter() - start
+        record.write_text(json.dumps({"command": train, "threads": CLI_ENV.get("OMP_NUM_THREADS"), "seconds": seconds}))
+    else:
+        seconds = done["seconds"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
         "rows": rows,
@@ -393,7 +417,13 @@ def run_all(
     wanted = {name.strip() for name in args.only.split(",") if name.strip()}
     runs: dict[str, list[dict]] = {ANCHOR: []}
     for seed in range(args.seeds):
-        anchor = train_plain_gru(feats, budget, seed, hidden)
+        record = work / "runs" / f"anchor_s{seed}.json"
+        command = ["plain-gru", str(vars(budget)), str(hidden), str(feats["stamp"])]
+        anchor = reuse(record, command)
+        if anchor is None:
+            anchor = train_plain_gru(feats, budget, seed, hidden)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"command": command, "threads": CLI_ENV.get("OMP_NUM_THREADS"), **anchor}))
         runs[ANCHOR].append({**anchor, "hidden": [hidden]})
         print(
             f"{ANCHOR} (hidden {hidden}) seed {seed}: val {anchor['rows'][-1]['val_accuracy']:.3f}, {anchor['seconds']:.0f} s",

@@ -154,12 +154,14 @@ def _saturation_table(report) -> Table:
 
 def _performance_table(report) -> Table:
     """Each model's task metric on the analysed clips beside chance, and whether its gate reading holds."""
+    title = "Task metric on the same clips (chance: the best constant prediction)"
     table = Table(
-        title="Task metric on the same clips (chance: the best constant prediction)",
+        title=title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_edge=False,
+        min_width=len(title),  # the title stays one line however narrow the values make the table
     )
     for column in ("model", "clips", "metric", "value", "chance", "gate reading"):
         table.add_column(column, justify="left" if column in ("model", "metric", "gate reading") else "right")
