@@ -344,19 +344,27 @@ def table(results: dict[str, dict], blind: dict, diff: dict, seeds: int) -> str:
 
 
 def verdicts(results: dict[str, dict]) -> list[str]:
-    """Pre-variant vs the anchor and vs its twin: ahead by more than seed noise when mean − mean > std + std."""
+    """Each Pre-variant against the anchor and its twin, on last-epoch val accuracy.
+
+    Ahead by more than seed noise: mean − mean > std + std. A model whose mean is not above
+    chance (0.5) by more than its own std has learnt nothing that transfers, and being "ahead"
+    of another such model means nothing, so that is said instead.
+    """
     out = []
     for name, twin in TWIN.items():
         if name not in results:
             continue
-        for other in (ANCHOR, twin):
-            if other not in results:
-                continue
-            (m, s), (mo, so) = results[name]["val_last"], results[other]["val_last"]
-            ahead = m - mo > s + so
+        m, s = results[name]["val_last"]
+        if m - 0.5 <= s:
             out.append(
-                f"{name} vs {other} (last-epoch val): {m - mo:+.3f}, noise {s + so:.3f} → {'ahead' if ahead else 'NOT ahead'}"
+                f"{name}: last-epoch val {m:.3f} ± {s:.3f} is not above chance (0.5) by more than its seed noise"
             )
+            continue
+        for other in (ANCHOR, twin):
+            if other in results:
+                mo, so = results[other]["val_last"]
+                verdict = "ahead" if m - mo > s + so else "NOT ahead"
+                out.append(f"{name} vs {other} (last-epoch val): {m - mo:+.3f}, noise {s + so:.3f} → {verdict}")
     return out
 
 
