@@ -20,9 +20,9 @@ cosine schedule, gradient clipping, batch size, number of optimiser steps), per 
 * through the real CLI (``python -m prernn_cli`` subprocesses): ``convert`` the MobileNetV2
   checkpoint at ``features.18.0`` (conv → BN → ReLU6 → global pool) into PreGRU-SIH, PreGRU,
   PreLSTM-SIH, PreLSTM and each ``--traditional`` twin (hidden size matched to the Pre-cell's
-  recurrent parameters), then ``train --freeze-trunk --steps 16 --clip-pool last --no-augment``
-  (plus ``--input-size 112`` / ``--trunk-cache`` when the CLI has them); val accuracy is read
-  from the run's ``metrics.jsonl`` (best epoch and last epoch);
+  recurrent parameters) at ``--input-size 112``, then ``train --freeze-trunk --trunk-cache
+  --steps 16 --clip-pool last --no-augment``; val accuracy is read from the run's
+  ``metrics.jsonl`` (best epoch and last epoch);
 * order-blind baseline: the mean over a clip's frames of MobileNetV2's pooled 1280-d features
   (frozen) → logistic regression. The two classes hold the same frames, so it must sit at 50 %;
 * a hand-written plain PyTorch ``nn.GRU`` (hidden 1280) + linear head on the same frozen pooled
@@ -236,15 +236,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def cli_options() -> dict[str, bool]:
-    """Which of the newer options this CLI has (the benchmark uses them when present)."""
-    convert, train = cli("convert", "--help").stdout, cli("train", "--help").stdout
-    return {
-        "input_size": "--input-size" in convert,
-        "trunk_cache": "--trunk-cache" in train,
-    }
-
-
 def reuse(record: Path, command: list[str]) -> dict | None:
     """What ``record`` holds when it records this very command (and thread setting) as done: it is not run again."""
     if not record.is_file():
@@ -256,15 +247,13 @@ def reuse(record: Path, command: list[str]) -> dict | None:
     return done if same else None
 
 
-def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: Budget, options: dict) -> dict:
+def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: Budget) -> dict:
     """Convert, then train one variant for one seed; returns its metrics rows and wall time."""
     slug = variant.name.lower().replace("-", "_")
     model = work / "models" / f"{slug}_s{seed}.safetensors"
     model.parent.mkdir(parents=True, exist_ok=True)
     convert = ["convert", str(weights), "--layer", LAYER, *variant.flags, "--num-classes", "2", "--seed", str(seed)]
-    if options["input_size"]:
-        convert += ["--input-size", "112"]
-    convert += ["-o", str(model), "--json"]
+    convert += ["--input-size", "112", "-o", str(model), "--json"]
     converted = reuse(model.with_suffix(".json"), convert)
     if converted is None:
         converted = json.loads(cli(*convert).stdout)
@@ -280,8 +269,7 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
     train += ["--frame-cache", str(work / "frame_cache")]
     if budget.early_stop:
         train += ["--early-stop", str(budget.early_stop)]
-    if options["trunk_cache"]:
-        train += ["--trunk-cache", str(work / "trunk_cache")]
+    train += ["--trunk-cache", str(work / "trunk_cache")]
     record = run / "benchmark.json"
     done = reuse(record, train)
     if done is None:
@@ -416,11 +404,6 @@ def run_all(
     args: argparse.Namespace, found: dict[str, Path], work: Path, feats: dict, budget: Budget
 ) -> dict[str, list[dict]]:
     """Every model, every seed; progress printed as it goes."""
-    options = cli_options()
-    print(
-        f"CLI options used: {', '.join(k for k, v in options.items() if v) or 'none of --input-size/--trunk-cache'}",
-        flush=True,
-    )
     hidden = anchor_hidden(found["weights"], work)
     wanted = {name.strip() for name in args.only.split(",") if name.strip()}
     runs: dict[str, list[dict]] = {ANCHOR: []}
@@ -440,14 +423,13 @@ def run_all(
         for variant in VARIANTS:
             if wanted and variant.name not in wanted:
                 continue
-            result = run_variant(variant, seed, found["weights"], work, budget, options)
+            result = run_variant(variant, seed, found["weights"], work, budget)
             runs.setdefault(variant.name, []).append(result)
             last = result["rows"][-1]
             print(
                 f"{variant.name} seed {seed}: val {last['val_accuracy']:.3f}, train {last['train_accuracy']:.3f}, {result['seconds']:.0f} s",
                 flush=True,
             )
-    runs["options"] = options  # type: ignore[assignment]
     return runs
 
 
@@ -488,7 +470,6 @@ def main() -> None:
     )
 
     runs = run_all(args, found, work, feats, budget)
-    options = runs.pop("options")
     results = {name: summarize(r) for name, r in runs.items()}
     print()
     print(table(results, blind, diff, args.seeds))
@@ -504,7 +485,6 @@ def main() -> None:
     record = {
         "task": task,
         "budget": vars(budget) | {"optimizer_steps": steps, "seeds": args.seeds},
-        "options": options,
         "order_blind": blind,
         "last_minus_first": diff,
         "results": results,
