@@ -446,6 +446,7 @@ def test_cli_refuses_vrnn_with_one_line_error(files, tmp_path):
 def test_cli_bad_inputs_are_clear_errors(files, tmp_path):
     missing = _run(files["pre_gru"], "--data", tmp_path / "nope", "-o", tmp_path / "m")
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "m").exists()  # a failed analysis leaves no empty report folder
     a_file = tmp_path / "file"
     a_file.write_text("x")
     clash = _run(files["pre_gru"], "--data", files["clips"], "-o", a_file)
@@ -457,6 +458,7 @@ def test_cli_bad_inputs_are_clear_errors(files, tmp_path):
 def test_cli_all_clips_too_short_is_a_clear_error(files, tmp_path):
     result = _run(files["pre_gru"], "--data", files["clips"], "-o", tmp_path / "t", "--steps", "9")
     assert result.exit_code == 2 and "were skipped" in result.stderr and "too short" in result.stderr
+    assert not (tmp_path / "t").exists()
 
 
 def test_windowed_clips_carry_the_state_exactly(files):

@@ -12,7 +12,7 @@ import numpy as np
 
 from prernn_cli.analyze.accumulator import GATE_NAMES, GATES, HISTOGRAM_BINS
 from prernn_cli.analyze.summary import ModelAnalysis
-from prernn_cli.files import atomic_path
+from prernn_cli.files import atomic_path, finite_json
 from prernn_cli.spec import CellType
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,4 +109,4 @@ def save_figure(figure: Figure, path: Path, layout: FigureLayout, analyses: Sequ
 def write_summary(analyses: Sequence[ModelAnalysis], path: Path) -> None:
     document = {"models": [a.to_dict() for a in analyses]}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(finite_json(document, indent=2) + "\n", encoding="utf-8")

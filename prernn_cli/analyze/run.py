@@ -198,13 +198,15 @@ def analyze(
     torch_device = resolve_device(device)
     models = _load_gated_models(paths, [arch, compare_arch])
     if write_files:
-        report_dir = report_dir if report_dir is not None else default_report_dir(paths[0])
+        report_dir = Path(report_dir) if report_dir is not None else default_report_dir(paths[0])
         inputs = (*paths, Path(data), *([Path(split_file)] if split_file is not None else []))
         refuse_folder_over_inputs(report_dir, (FIGURE_NAME, SUMMARY_NAME), *inputs)
-        report_dir = prepare_report_dir(report_dir)
+        if report_dir.exists() and not report_dir.is_dir():
+            raise UserInputError(f"report folder {report_dir} is a file; give a folder with -o")
     labels = _unique_labels([model_label(m.spec) for m in models], paths)
     analyses = [
         _analyze_clips(model, path, label, data, max_clips, steps, torch_device, split_file)
         for model, path, label in zip(models, paths, labels)
     ]
-    return _write_report(analyses, report_dir if write_files else None)
+    # The folder is made only once there is something to put in it: a failed analysis leaves none.
+    return _write_report(analyses, prepare_report_dir(report_dir) if write_files else None)
