@@ -345,3 +345,18 @@ def test_ddp_two_processes_on_cpu(clips, model_file, tmp_path):
     assert (tmp_path / "ddp" / "last.safetensors").exists()
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1
+
+
+@pytest.mark.slow
+def test_ddp_fills_and_reads_one_trunk_cache(clips, model_file, tmp_path):
+    """Both DDP ranks share one trunk cache: an entry per clip (train and val), metrics merged over the ranks."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29519", "-m", "prernn_cli", "train", str(model_file)]
+    cmd += ["--data", str(clips), "-o", str(tmp_path / "ddp"), "--epochs", "2", "--json", *FAST]
+    cmd += ["--freeze-trunk", "--trunk-cache", str(tmp_path / "trunk")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads(done.stdout)["history"]
+    assert [(row["train_clips"], row["val_clips"]) for row in history] == [(6, 2), (6, 2)]
+    assert len(list((tmp_path / "trunk").rglob("*.npy"))) == 8  # 6 train + 2 val clips, each computed once
