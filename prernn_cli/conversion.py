@@ -23,10 +23,21 @@ from prernn_cli.checkpoint import CheckpointFormat, LoadedCheckpoint, load_check
 from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.files import check_writable_output, refuse_overwriting
 from prernn_cli.input_size import input_at, report_at, resolve_at
+from prernn_cli.modality import ModalityChoice
 from prernn_cli.model import RecurrentModel, build_recurrent_model
 from prernn_cli.params import LayerShape, match_traditional_hidden_size, prernn_params, table3_ratio
-from prernn_cli.spec import CellType, Design, HeadKind, InitScheme, InputSpec, LayerKind, ModelSpec, RecurrentLayerSpec
+from prernn_cli.spec import (
+    CellType,
+    Design,
+    HeadKind,
+    InitScheme,
+    InputSpec,
+    LayerKind,
+    ModelSpec,
+    RecurrentLayerSpec,
+)
 from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
+from prernn_cli.surgery.first_conv import with_input_channels
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +227,9 @@ def _head_choice(num_classes: Optional[int], outputs: Optional[int]) -> tuple[He
     return head, head_size
 
 
-def _load_base(checkpoint: Path, arch: Optional[str], trust_pickle: bool) -> LoadedCheckpoint:
+def _load_base(checkpoint: Path, arch: Optional[str], trust_pickle: bool, ema: bool = False) -> LoadedCheckpoint:
     """Load the pretrained network to convert; raise for a converted model or an unknown architecture."""
-    loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle, ema=ema)
     if loaded.format is CheckpointFormat.PRERNN:
         raise ConversionError(
             f"{checkpoint} is already a converted prernn model; convert the original checkpoint instead"
@@ -259,6 +270,11 @@ def _summarise(
     )
 
 
+def _stream_base(base: nn.Module, own: InputSpec, input_spec: InputSpec) -> nn.Module:
+    """``base`` reading ``input_spec``'s channels: a depth or flow stream's first convolution (cross-modality init)."""
+    return base if input_spec.channels == own.channels else with_input_channels(base, input_spec.channels)
+
+
 def convert_checkpoint(
     checkpoint: Path,
     layers: Sequence[str],
@@ -276,20 +292,24 @@ def convert_checkpoint(
     seed: int = 0,
     input_size: Optional[Sequence[int]] = None,
     snippet_length: Optional[int] = None,
+    ema: bool = False,
+    modality: ModalityChoice = ModalityChoice(),
 ) -> ConversionResult:
     """Convert ``layers`` of the network in ``checkpoint`` and write our safetensors format to ``output``.
 
     The new weights are drawn from a generator seeded with ``seed``: the same command writes the same file.
     ``input_size`` (height, width) and ``snippet_length`` (3D backbones) replace the network's own
     input: the spec records them, and convertibility and parameter counts are those at that size.
+    ``modality``: a depth or flow stream, its first convolution initialised from the RGB filters.
     """
     output = check_writable_output(Path(output))
     refuse_overwriting(output, checkpoint)
     head, head_size = _head_choice(num_classes, outputs)
-    loaded = _load_base(checkpoint, arch, trust_pickle)
+    loaded = _load_base(checkpoint, arch, trust_pickle, ema)
     base = loaded.model.eval()
     aliases = paper_aliases(loaded.architecture, base)
-    input_spec = input_at(loaded.input_spec, input_size, snippet_length)
+    input_spec = modality.apply(input_at(loaded.input_spec, input_size, snippet_length))
+    base = _stream_base(base, loaded.input_spec, input_spec)
     report = report_at(base, loaded.architecture, input_spec, aliases, loaded.input_spec)
     if report.traced:
         resolve_at(report, layers, aliases, input_spec, loaded.input_spec)

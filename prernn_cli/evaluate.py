@@ -43,6 +43,7 @@ class EvaluationResult:
     skipped: list[tuple[str, str]]
     files: dict[str, str]
     settings: EvaluationSettings | None = None
+    per_clip: list[ClipScores] | None = None  # classify: each clip's class probabilities
 
     def to_dict(self) -> dict:
         return {
@@ -55,7 +56,50 @@ class EvaluationResult:
             "confusion_matrix": self.confusion,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "files": self.files,
+            "per_clip": [clip.to_dict() for clip in self.per_clip] if self.per_clip is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """One clip's class probabilities: the softmax of its pooled clip score (see :mod:`prernn_cli.metrics`).
+
+    With ``--clip-pool last`` they are the last step's softmax; with ``mean``, the softmax of the
+    mean per-step log-probabilities (the normalised geometric mean of the steps' probabilities).
+    ``clip`` is the clip's name (:func:`clip_name`; ``@<first frame>`` added for a dense window).
+    """
+
+    clip: str
+    label: str
+    probabilities: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"clip": self.clip, "label": self.label, "probabilities": list(self.probabilities)}
+
+
+def clip_name(clip, data: Path) -> str:
+    """The name a clip is matched by across data folders: its path relative to ``data`` (a manifest's folder).
+
+    A video file's suffix is dropped, so ``val/a/clip7.mp4`` in one stream matches the frame
+    folder ``val/a/clip7`` in another.
+    """
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    path = Path(clip.path)
+    if path.is_file():
+        path = path.with_suffix("")
+    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+    return name if clip.start is None else f"{name}@{clip.start}"
+
+
+def _per_clip(acc: Accumulator, clips: Sequence, class_names: Sequence[str], data: Path) -> list[ClipScores]:
+    """Each scored clip's probabilities, in the loader's order (``acc.indices`` index ``clips``)."""
+    scores = np.stack(acc.scores).astype(np.float64)
+    probabilities = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return [
+        ClipScores(clip_name(clips[index], data), class_names[label], tuple(float(p) for p in row))
+        for index, label, row in zip(acc.indices, acc.labels, probabilities)
+    ]
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> None:
@@ -137,7 +181,7 @@ def _loader(
 ) -> DataLoader:
     """Clips in order, ``steps`` uniform steps each (every dense window with DENSE); too-short clips go to ``skipped``."""
     if sampling is Sampling.DENSE:
-        clips, bad = dense_windows(clips, steps, spec.frames_per_step)
+        clips, bad = dense_windows(clips, steps, spec.frames_per_step, spec=spec)
         skipped += [(str(p), r) for p, r in bad]
     cache = FrameCache.open(Path(frame_cache), spec) if frame_cache else None
     dataset = ClipDataset(
@@ -302,7 +346,10 @@ def evaluate(
     metrics["skipped"] = len(skipped)
     per_class, matrix = _per_class(acc, splits.class_names) if task is Task.CLASSIFY else ({}, None)
     confusion = matrix.tolist() if matrix is not None else None
-    result = EvaluationResult(split, task, metrics, splits.class_names, per_class, confusion, skipped, {}, settings)
+    per_clip = _per_clip(acc, loader.dataset.clips, splits.class_names, data) if task is Task.CLASSIFY else None
+    result = EvaluationResult(
+        split, task, metrics, splits.class_names, per_class, confusion, skipped, {}, settings, per_clip
+    )
     if output_dir is not None:
         _write_report(result, matrix, Path(output_dir))
     return result

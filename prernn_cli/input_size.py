@@ -19,8 +19,9 @@ from torch import nn
 from prernn_cli.architectures import build_empty_architecture, build_registered_architecture, is_registered
 from prernn_cli.errors import ConversionError, LayerError
 from prernn_cli.model import RecurrentModel, build_recurrent_model
-from prernn_cli.spec import FrameKind, InputSpec, ModelSpec
+from prernn_cli.spec import FrameKind, InputSpec, Modality, ModelSpec
 from prernn_cli.surgery import LayerReport, NetworkReport, network_report, resolve_layers
+from prernn_cli.surgery.first_conv import with_input_channels
 
 __all__ = ["MAX_INPUT_SIDE", "MAX_SNIPPET_LENGTH", "input_at", "input_words", "report_at", "resize_model", "resolve_at"]
 
@@ -100,7 +101,10 @@ def resolve_at(
 def _empty_base(spec: ModelSpec, user_class: Optional[str]) -> nn.Module:
     """``spec``'s base network on the meta device; a user's class only as the user named it to load the model."""
     if is_registered(spec.base_architecture):
-        return build_registered_architecture(spec.base_architecture, spec.base_num_classes)
+        base = build_registered_architecture(spec.base_architecture, spec.base_num_classes)
+        if spec.input.modality is not Modality.RGB:  # a depth or flow stream: its first convolution's channels
+            base = with_input_channels(base, spec.input.channels, init=False)
+        return base
     if user_class != spec.base_architecture:
         raise ConversionError(f"the model was built on the user class {spec.base_architecture}; pass --arch with it")
     return build_empty_architecture(user_class, num_classes=spec.base_num_classes)

@@ -84,6 +84,8 @@ class Inspection:
     network: Optional[NetworkReport]  # None for a converted model (see ``spec`` / ``recurrent``)
     spec: Optional[ModelSpec] = None
     recurrent: tuple[RecurrentLayerRow, ...] = ()
+    weights: Optional[str] = None  # the entry of a training checkpoint loaded ("state_dict", "state_dict_ema")
+    other_weights: Optional[str] = None  # the other entry it holds
 
     def rows(self, show_all: bool = False) -> list[LayerReport]:
         """The layers to list: every module with ``show_all``, else the fc/conv layers."""
@@ -118,6 +120,8 @@ class Inspection:
             "format": self.format.value,
             "architecture": self.architecture,
             "identified": self.identified,
+            "weights": self.weights,
+            "other_weights": self.other_weights,
             "num_classes": self.num_classes,
             "parameters": {"total": self.total_params, "trainable": self.trainable_params},
             "input": {**self.input_spec.to_dict(), "known": self.input_known},
@@ -219,6 +223,8 @@ def inspect_loaded(
         network=network,
         spec=spec,
         recurrent=recurrent,
+        weights=loaded.weights,
+        other_weights=loaded.other_weights,
     )
 
 
@@ -228,9 +234,10 @@ def inspect_checkpoint(
     trust_pickle: bool = False,
     input_size: Optional[Sequence[int]] = None,
     snippet_length: Optional[int] = None,
+    ema: bool = False,
 ) -> Inspection:
     """Load ``path`` (see :func:`~prernn_cli.checkpoint.load_checkpoint`) and describe it (at ``input_size``, if given)."""
-    loaded = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle, ema=ema)
     return inspect_loaded(loaded, path, input_size, snippet_length, user_class=arch)
 
 
@@ -284,6 +291,7 @@ def account_checkpoint(
     trust_pickle: bool = False,
     input_size: Sequence[int] | None = None,
     snippet_length: int | None = None,
+    ema: bool = False,
 ) -> ParamsReport:
     """``prernn params``: account a checkpoint's layers, or an architecture's (random weights, meta device).
 
@@ -296,7 +304,7 @@ def account_checkpoint(
         input_spec = architecture_input(arch)
         architecture = arch
     else:
-        loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle, ema=ema)
         if loaded.spec is not None:
             base = loaded.spec.base_architecture
             raise ConversionError(

@@ -15,6 +15,7 @@ FORMAT_VERSION = 1
 SPEC_METADATA_KEY = "prernn_spec"
 DEFAULT_SNIPPET_LENGTH = 16  # C3D's snippet length, for a 3D input spec that names none
 MAX_SIZE = 2**31 - 1  # no layer, image or class count comes near: a larger one is a corrupt or hostile spec
+DEFAULT_FLOW_BOUND = 20.0  # flow images map 0..255 to [-20, 20] pixels, as the TV-L1 dumps of two-stream repos
 
 
 class CellType(str, Enum):
@@ -80,6 +81,14 @@ class InitScheme(str, Enum):
     ZEROS = "zeros"  # the converted net starts as the feed-forward net (VRNN)
 
 
+class Modality(str, Enum):
+    """What one frame of a stream holds (see ``prernn_cli.data.modalities``)."""
+
+    RGB = "rgb"  # colour (or grey) frames
+    DEPTH = "depth"  # one depth channel: 8- or 16-bit grey frames, scaled to [0, 1] by their bit depth
+    FLOW = "flow"  # optical flow: two channels (x, y) per frame, 2D nets stack L frames into 2L channels
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What one time step of input looks like, and how to preprocess it."""
@@ -90,13 +99,26 @@ class InputSpec:
     snippet_length: int | None = None  # L frames per step for 3D backbones
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    modality: Modality = Modality.RGB
+    flow_stack: int | None = None  # flow on a 2D net: L flow frames stacked into 2L channels per step
+    flow_bound: float = DEFAULT_FLOW_BOUND  # flow: pixel displacement of the flow images' 0 and 255
 
     @property
     def frames_per_step(self) -> int:
-        """Frames one time step consumes: 1 for an image, L for a snippet (16 when a 3D spec gives none)."""
+        """Frames one time step consumes: 1 for an image, L for a snippet (16 when a 3D spec gives none) or a flow stack."""
         if self.frame_kind is FrameKind.SNIPPET:
             return self.snippet_length or DEFAULT_SNIPPET_LENGTH
-        return 1
+        return self.flow_stack or 1
+
+    @property
+    def frame_channels(self) -> int:
+        """Channels of one decoded frame: 1 for depth, 2 (x, y) for flow, else :attr:`channels`."""
+        return {Modality.DEPTH: 1, Modality.FLOW: 2}.get(self.modality, self.channels)
+
+    @property
+    def stacks_frames(self) -> bool:
+        """Whether a step stacks its frames along channels (flow on a 2D net: x1, y1, x2, y2, ...)."""
+        return self.modality is Modality.FLOW and self.frame_kind is FrameKind.IMAGE
 
     def step_shape(self) -> tuple[int, ...]:
         """Shape of one step for one clip: (C, H, W) or (C, L, H, W)."""
@@ -110,6 +132,7 @@ class InputSpec:
         data["size"] = list(self.size)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        data["modality"] = self.modality.value
         return data
 
     @classmethod
@@ -122,14 +145,19 @@ class InputSpec:
         std = tuple(_finite(value, "std") for value in _sequence(data["std"], "std", channels))
         if 0.0 in std:
             raise ValueError("input std holds a 0")
-        return cls(
+        spec = cls(
             frame_kind=FrameKind(data["frame_kind"]),
             channels=channels,
             size=size,
             snippet_length=None if snippet is None else _count(snippet, "snippet_length"),
             mean=mean,
             std=std,
+            modality=Modality(data.get("modality", Modality.RGB.value)),  # files written before modalities: RGB
+            flow_stack=_optional_count(data, "flow_stack"),
+            flow_bound=_finite(data.get("flow_bound", DEFAULT_FLOW_BOUND), "flow_bound"),
         )
+        _check_modality(spec)
+        return spec
 
 
 @dataclass(frozen=True)
@@ -296,6 +324,17 @@ def _count(value: object, what: str) -> int:
     if not 1 <= value <= MAX_SIZE:
         raise ValueError(f"{what} is {value}, outside 1..{MAX_SIZE}")
     return value
+
+
+def _check_modality(spec: InputSpec) -> None:
+    """A stored input's channels must be those of its modality (ValueError if not)."""
+    if spec.flow_bound <= 0:
+        raise ValueError(f"flow_bound is {spec.flow_bound}, not positive")
+    if spec.flow_stack is not None and not spec.stacks_frames:
+        raise ValueError("flow_stack is set, but only flow on a 2D network stacks frames")
+    want = spec.frame_channels * (spec.flow_stack or 1) if spec.stacks_frames else spec.frame_channels
+    if spec.modality is not Modality.RGB and spec.channels != want:
+        raise ValueError(f"a {spec.modality.value} input has {want} channels, not {spec.channels}")
 
 
 def _optional_count(data: dict, key: str) -> int | None:

@@ -26,7 +26,7 @@ import numpy as np
 from prernn_cli.data import read_clip_steps
 from prernn_cli.export.runtime import Provider, ProviderChoice, choose_provider, open_provider_session
 from prernn_cli.export.spec import OnnxExportSpec, read_export_spec
-from prernn_cli.spec import FrameKind, HeadKind
+from prernn_cli.spec import HeadKind
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def stream_clip(
     spec = read_export_spec(Path(onnx_path))
     steps, count = read_clip_steps(Path(clip), spec.model_spec.input, resize=resize)
     streamer = OnnxStreamer(Path(onnx_path), provider, io_binding=io_binding, threads=threads)
-    snippet = steps.shape[2] if spec.model_spec.input.frame_kind is FrameKind.SNIPPET else 1
+    snippet = spec.model_spec.input.frames_per_step  # frames one step consumes: a 3D snippet or a flow stack
     predictions: list[StepPrediction] = []
     started = time.perf_counter()
     for chunk in streamer.run(steps):

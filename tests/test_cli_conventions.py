@@ -38,12 +38,13 @@ ARGUMENTS = {
     "convert": ["CHECKPOINT"],
     "train": ["MODEL"],
     "evaluate": ["MODEL"],
+    "fuse": ["MODEL"],
     "export": ["MODEL"],
     "validate": ["ONNX_MODEL"],
     "stream": ["ONNX_MODEL", "CLIP"],
     "analyze": ["MODEL"],
 }
-RUN_A_NETWORK_OVER_CLIPS = {"train", "evaluate", "analyze"}
+RUN_A_NETWORK_OVER_CLIPS = {"train", "evaluate", "fuse", "analyze"}
 OUTPUT_IS_THE_POINT = {"convert", "train"}
 
 
@@ -71,7 +72,7 @@ def test_arguments_have_the_one_name_for_their_kind(name):
     arguments = [param for param in COMMANDS[name].params if param.param_type_name == "argument"]
     assert [param.metavar for param in arguments] == ARGUMENTS[name]
     usage = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).stdout.splitlines()[1]
-    assert re.search(r"Usage: prernn \w+ \[OPTIONS\] (\[?[A-Z_]+\]? ?)+$", usage.strip()), usage
+    assert re.search(r"Usage: prernn \w+ \[OPTIONS\] (\[?[A-Z_]+(\.\.\.)?\]? ?)+$", usage.strip()), usage
 
 
 @pytest.mark.parametrize("name", sorted(ARGUMENTS))

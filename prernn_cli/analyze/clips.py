@@ -17,10 +17,10 @@ from prernn_cli.data import (
     Sampling,
     collate,
     discover,
-    frames_to_steps,
     load_targets,
     preprocess,
-    read_frames,
+    read_clip_frames,
+    spec_steps,
 )
 from prernn_cli.errors import DataError, UserInputError
 from prernn_cli.spec import InputSpec, Task
@@ -88,7 +88,7 @@ def clip_batches(
         return
     for clip in clips:
         try:
-            frames, count = read_frames(clip.path)
+            frames, count = read_clip_frames(clip.path, input_spec)
             total = count // input_spec.frames_per_step
             if total < 1:
                 raise ClipReadError(f"too short: {count} frames, one step needs {input_spec.frames_per_step}")
@@ -134,7 +134,7 @@ def _whole_clip_windows(
     for begin in range(0, total, window):
         length = min(window, total - begin)
         tensor = preprocess(frames[begin * snippet : (begin + length) * snippet], input_spec)  # [t·L, C, H, W]
-        tensor = frames_to_steps(tensor, snippet)  # [t, C, H, W] or [t, C, L, H, W]
+        tensor = spec_steps(tensor, input_spec)  # [t, C, H, W], [t, C, L, H, W] or a flow stack [t, 2L, H, W]
         target = targets
         if task is Task.REGRESS:
             last_frames = [(step + 1) * snippet - 1 for step in range(begin, begin + length)]

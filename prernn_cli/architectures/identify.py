@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from prernn_cli.architectures.registry import (
     build_empty_architecture,
     torchvision_models,
 )
+from prernn_cli.architectures.timm_models import is_timm_name, timm_candidates, timm_version
 from prernn_cli.errors import CheckpointError
 
 __all__ = [
@@ -119,13 +120,15 @@ _DISK_CACHE = _SignatureCache()
 
 
 def _cacheable(name: str) -> bool:
-    return name == C3D_NAME or name in torchvision_models()
+    return name == C3D_NAME or name in torchvision_models() or is_timm_name(name)
 
 
 @functools.cache
 def _signature(name: str, num_classes: int | None, options: tuple[tuple[str, object], ...]) -> Signature:
     on_disk = num_classes is None and _cacheable(name)
     cache_key = name + "".join(f";{key}={value!r}" for key, value in options)
+    if is_timm_name(name):
+        cache_key += f";timm={timm_version()}"  # the file is per torch/torchvision version only
     if on_disk:
         cached = _DISK_CACHE.get(cache_key)
         if cached is not None:
@@ -223,12 +226,14 @@ def _published_parameter_counts() -> dict[str, int]:
     return counts
 
 
-def _candidates(found: Signature) -> list[str]:
+def _candidates(found: Signature) -> Iterator[str]:
     """Known architectures, the likeliest first (cheap checks before building anything).
 
     The small non-torchvision nets come first; torchvision models follow in order of how
     close their published parameter count is to the checkpoint's, so a checkpoint
-    usually matches on the first or second model built.
+    usually matches on the first or second model built. Common timm models come last (a
+    torchvision model keeps priority when weights fit both), only those whose stem and
+    classifier key names the checkpoint has.
     """
     total = max(_parameter_count(found), 1)
     counts = _published_parameter_counts()
@@ -236,7 +241,8 @@ def _candidates(found: Signature) -> list[str]:
     def distance(name: str) -> float:
         return abs(math.log(total / counts[name])) if counts.get(name) else math.inf
 
-    return [C3D_NAME, *SAMPLE_ARCHITECTURES, *sorted(torchvision_models(), key=distance)]
+    yield from [C3D_NAME, *SAMPLE_ARCHITECTURES, *sorted(torchvision_models(), key=distance)]
+    yield from timm_candidates(found)  # lazily: timm is imported only when no other architecture fits
 
 
 def _key_overlap(expected: Signature, found: Signature) -> float:
@@ -267,7 +273,8 @@ def match_architecture(state_dict: Mapping[str, torch.Tensor]) -> ArchitectureMa
     overlaps.sort(reverse=True)
     closest = ", ".join(f"{name} ({score:.0%} of keys)" for score, name in overlaps[:3])
     raise CheckpointError(
-        f"the weights match no known architecture (closest: {closest}); pass --arch NAME, or --arch package.module:callable for your own class"
+        f"the weights match no known architecture (closest: {closest}); pass --arch NAME, --arch timm:NAME for a timm "
+        "model, or --arch package.module:callable for your own class"
     )
 
 

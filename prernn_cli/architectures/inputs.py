@@ -19,6 +19,7 @@ from prernn_cli.architectures.registry import (
     video_models,
 )
 from prernn_cli.architectures.samples import SAMPLE_MEAN, SAMPLE_STD
+from prernn_cli.architectures.timm_models import is_timm_model, timm_input
 from prernn_cli.spec import FrameKind, InputSpec
 
 __all__ = ["architecture_input", "has_known_input", "paper_aliases"]
@@ -51,6 +52,8 @@ def _weights_input(name: str) -> InputSpec:
 
 def has_known_input(name: str | None) -> bool:
     """Whether :func:`architecture_input` knows ``name``'s input (otherwise it assumes a 224×224 RGB image)."""
+    if name is not None and is_timm_model(name):
+        return True
     return name is not None and not is_user_callable(name) and name in known_architectures()
 
 
@@ -74,6 +77,8 @@ def architecture_input(name: str) -> InputSpec:
                 frame_kind=FrameKind.SNIPPET, size=(32, 32), snippet_length=4, mean=SAMPLE_MEAN, std=SAMPLE_STD
             )
         return InputSpec(frame_kind=FrameKind.IMAGE, size=(32, 32), mean=SAMPLE_MEAN, std=SAMPLE_STD)
+    if is_timm_model(name):
+        return timm_input(name)
     if is_user_callable(name):
         logger.info("no known input for %s; assuming 224x224 RGB images", name)
         return InputSpec()

@@ -6,6 +6,9 @@ An architecture is named by a string:
   built with ``torchvision.models.get_model(name, weights=None)``;
 * ``c3d`` — :class:`~prernn_cli.architectures.c3d.C3D`, named as the common PyTorch port;
 * ``digit_vgg``, ``digit_resnet``, ``digit_c3d`` — the sample nets of ``sample_models/``;
+* ``timm:NAME`` — a model of timm's registry, built with ``timm.create_model(NAME, pretrained=False)``
+  (timm is an optional extra, imported only for such a name: see
+  :mod:`~prernn_cli.architectures.timm_models`);
 * ``package.module:callable`` — a user's own class or factory, called with no
   arguments (or ``num_classes=…`` when a class count is given).
 
@@ -32,6 +35,7 @@ from torchvision import models as tv_models
 
 from prernn_cli.architectures.c3d import C3D
 from prernn_cli.architectures.samples import DigitC3D, DigitResNet, DigitVGG
+from prernn_cli.architectures.timm_models import build_timm, is_timm_model, is_timm_name, unknown_timm
 from prernn_cli.errors import ArchitectureError
 
 __all__ = [
@@ -88,17 +92,23 @@ def known_architectures() -> list[str]:
 
 
 def is_user_callable(name: str) -> bool:
-    """Whether ``name`` has the form ``package.module:callable``."""
-    return ":" in name
+    """Whether ``name`` has the form ``package.module:callable`` (``timm:NAME`` names a timm model instead)."""
+    return ":" in name and not is_timm_name(name)
 
 
 def is_registered(name: object) -> bool:
-    """Whether ``name`` is one prernn builds itself (never a user's class): safe to build whatever its source."""
-    return isinstance(name, str) and name in known_architectures()
+    """Whether ``name`` is one prernn builds itself (never a user's class): safe to build whatever its source.
+
+    Raises:
+        ArchitectureError: ``name`` is a ``timm:`` name and timm is not installed.
+    """
+    return isinstance(name, str) and (name in known_architectures() or is_timm_model(name))
 
 
 def unknown_architecture(name: str) -> ArchitectureError:
     """The error for a name prernn does not build, naming the closest known ones."""
+    if is_timm_name(name):
+        return unknown_timm(name)
     for module, what in _OTHER_TORCHVISION_FAMILIES.items():
         if name in tv_models.list_models(module=module):
             return ArchitectureError(
@@ -109,7 +119,7 @@ def unknown_architecture(name: str) -> ArchitectureError:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return ArchitectureError(
         f"unknown architecture {name!r}; {hint}use a torchvision classification or video model name, "
-        "c3d, digit_vgg, digit_resnet, digit_c3d, or package.module:callable"
+        "c3d, digit_vgg, digit_resnet, digit_c3d, timm:NAME, or package.module:callable"
     )
 
 
@@ -163,6 +173,8 @@ def _construct(
         return C3D(**kwargs)
     if name in _SAMPLE_CLASSES:
         return _SAMPLE_CLASSES[name](**kwargs)
+    if is_timm_name(name):
+        return build_timm(name, num_classes, options)
     if user_callable and is_user_callable(name):
         return _call_user_callable(name, kwargs)
     raise unknown_architecture(name)

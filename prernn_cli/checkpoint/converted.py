@@ -32,7 +32,8 @@ from prernn_cli.checkpoint.tensors import as_float32
 from prernn_cli.errors import CheckpointError
 from prernn_cli.files import atomic_path, os_error_in
 from prernn_cli.model import RecurrentModel, build_recurrent_model
-from prernn_cli.spec import SPEC_METADATA_KEY, ModelSpec
+from prernn_cli.spec import SPEC_METADATA_KEY, Modality, ModelSpec
+from prernn_cli.surgery.first_conv import with_input_channels
 
 __all__ = ["PRERNN_FORMAT", "load_converted", "read_spec", "save_converted"]
 
@@ -120,6 +121,8 @@ def _empty_model(path: Path, spec: ModelSpec, user_class: Optional[str]) -> Recu
     """The converted structure of ``spec`` on the meta device: every tensor then comes from the file."""
     base = _empty_base(path, spec, user_class)
     try:
+        if spec.input.modality is not Modality.RGB:  # a depth or flow stream: its first convolution's channels
+            base = with_input_channels(base, spec.input.channels, init=False)
         return build_recurrent_model(base, spec)
     except (ValueError, KeyError, IndexError, AttributeError) as error:
         # A spec that does not fit its architecture: a layer it lacks (KeyError), of another kind

@@ -35,6 +35,7 @@ from prernn_cli.checkpoint.converted import load_converted
 from prernn_cli.checkpoint.formats import CheckpointFormat, detect_format
 from prernn_cli.checkpoint.pickles import load_pickle
 from prernn_cli.checkpoint.tensors import as_float32, float32_module, strip_prefix, with_versions
+from prernn_cli.checkpoint.training import fit_named, no_ema, training_weights
 from prernn_cli.errors import ArchitectureError, CheckpointError
 from prernn_cli.spec import InputSpec, ModelSpec
 
@@ -58,6 +59,8 @@ class LoadedCheckpoint:
     spec: Optional[ModelSpec] = None  # for our converted format
     num_classes: Optional[int] = None  # output size the weights imply, when it differs from the default
     input_known: bool = True  # False when input_spec is an assumption (unknown architecture)
+    weights: Optional[str] = None  # the entry of a training checkpoint loaded: "state_dict" or "state_dict_ema"
+    other_weights: Optional[str] = None  # the other entry it holds (e.g. EMA weights not asked for)
 
 
 # ---------------------------------------------------------------- state_dicts
@@ -132,15 +135,25 @@ def _instantiate(path: Path, match: ArchitectureMatch, state_dict: Mapping[str, 
 
 
 def _model_from_weights(
-    path: Path, state_dict: Mapping[str, Tensor], arch: Optional[str], fmt: CheckpointFormat
+    path: Path,
+    state_dict: Mapping[str, Tensor],
+    arch: Optional[str],
+    fmt: CheckpointFormat,
+    named: Optional[str] = None,
 ) -> LoadedCheckpoint:
-    match = fit_architecture(arch, state_dict) if arch is not None else match_architecture(state_dict)
+    """Rebuild ``state_dict`` on ``arch`` (the user's), else on ``named`` (the file's, if the weights fit), else identified."""
+    if arch is not None:
+        match = fit_architecture(arch, state_dict)
+    elif named is not None:
+        match = fit_named(path, named, state_dict)
+    else:
+        match = match_architecture(state_dict)
     return LoadedCheckpoint(
         model=_instantiate(path, match, state_dict),
         format=fmt,
         architecture=match.name,
         input_spec=architecture_input(match.name),
-        identified=arch is None,
+        identified=arch is None and match.name != named,
         num_classes=match.num_classes,
         input_known=has_known_input(match.name),
     )
@@ -224,9 +237,17 @@ def _load_converted(path: Path, arch: Optional[str]) -> LoadedCheckpoint:
     )
 
 
-def _load_pickled(path: Path, arch: Optional[str], trust_pickle: bool) -> LoadedCheckpoint:
+def _load_pickled(path: Path, arch: Optional[str], trust_pickle: bool, ema: bool = False) -> LoadedCheckpoint:
     """A ``torch.save`` (or, trusted, plain pickle) file: a module, or weights nested somewhere in it."""
     obj = load_pickle(path, trust_pickle)
+    chosen = training_weights(path, obj, ema, read_arch=arch is None)
+    if chosen is not None:
+        state_dict = extract_state_dict(chosen.weights)
+        if state_dict is None:
+            raise CheckpointError(f"checkpoint {path} holds no weights under {chosen.key!r}; save the checkpoint again")
+        loaded = _model_from_weights(path, state_dict, arch, CheckpointFormat.STATE_DICT, chosen.architecture)
+        loaded.weights, loaded.other_weights = chosen.key, chosen.other
+        return loaded
     if isinstance(obj, nn.Module):
         return _from_module(path, obj, arch, CheckpointFormat.PICKLED_MODULE)
     if isinstance(obj, Mapping):
@@ -243,7 +264,9 @@ def _load_pickled(path: Path, arch: Optional[str], trust_pickle: bool) -> Loaded
     return _model_from_weights(path, state_dict, arch, CheckpointFormat.STATE_DICT)
 
 
-def load_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: bool = False) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: Path | str, arch: Optional[str] = None, trust_pickle: bool = False, ema: bool = False
+) -> LoadedCheckpoint:
     """Load the network in ``path``, whatever its format, as an ``nn.Module`` in eval mode.
 
     Args:
@@ -252,10 +275,11 @@ def load_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: 
             For a converted model built on a user's class, the user's approval to import that class
             (it must equal the class its spec names); for any other converted model, its architecture.
         trust_pickle: allow unpickling a whole ``nn.Module`` (runs code from the file).
+        ema: load a training checkpoint's EMA weights (``state_dict_ema``) instead of its ``state_dict``.
 
     Raises:
         CheckpointError: unreadable file, weights that fit no (or not the given) architecture,
-            a pickled module without ``trust_pickle``.
+            a pickled module without ``trust_pickle``, ``ema`` for a file without EMA weights.
         ArchitectureError: an unknown ``arch``.
     """
     path = Path(path)
@@ -264,10 +288,12 @@ def load_checkpoint(path: Path | str, arch: Optional[str] = None, trust_pickle: 
         arch = arch.strip()
         if not arch:
             raise ArchitectureError("--arch is empty; give an architecture name such as resnet50, vgg16 or c3d")
+    if ema and fmt is not CheckpointFormat.STATE_DICT:
+        raise no_ema(path, f"a {fmt.value} file")
     if fmt is CheckpointFormat.PRERNN:
         return _load_converted(path, arch)
     if fmt is CheckpointFormat.SAFETENSORS:
         return _model_from_weights(path, _strip_wrappers(_load_safetensors(path)), arch, fmt)
     if fmt is CheckpointFormat.TORCHSCRIPT:
         return _from_module(path, _load_torchscript(path), arch, fmt)
-    return _load_pickled(path, arch, trust_pickle)
+    return _load_pickled(path, arch, trust_pickle, ema)

@@ -2,10 +2,14 @@
 
 A whole pickled ``nn.Module`` is only unpickled with ``trust_pickle=True``: unpickling
 calls whatever functions the file names, so a malicious file could run any command.
+Besides tensors and containers, a load accepts only :data:`_DATA_GLOBALS`: plain records
+of values (timm's ``train.py`` saves its ``argparse.Namespace`` of options), which
+unpickling fills without running code of the file's choosing.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 import pickletools
@@ -37,7 +41,10 @@ _TENSOR_GLOBALS = (
     "copyreg.",
     "_codecs.encode",
     "numpy.",
+    "argparse.Namespace",
 )
+# Classes a weights-only load may rebuild (scoped to that load): records of plain values.
+_DATA_GLOBALS = [argparse.Namespace]
 
 
 def _pickle_globals(data: bytes, limit: int = 4) -> list[str]:
@@ -120,7 +127,8 @@ def load_pickle(path: Path, trust_pickle: bool) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the load itself says what matters
-            return torch.load(path, weights_only=True, map_location="cpu")
+            with torch.serialization.safe_globals(_DATA_GLOBALS):
+                return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise CheckpointError(

@@ -7,7 +7,7 @@ keeps ``--help`` from loading what the command does not need.
 
 # --help lists the commands in the order their modules register them: the order of the data flow.
 # isort: off
-from prernn_cli.cli import inspect, params, convert, train, evaluate, export, stream, analyze  # noqa: F401
+from prernn_cli.cli import inspect, params, convert, train, evaluate, fuse, export, stream, analyze  # noqa: F401
 
 # isort: on
 from prernn_cli.cli.app import app

@@ -13,14 +13,18 @@ from prernn_cli.cli.options import (
     MAX_SEED,
     ArchOption,
     CheckpointArg,
+    EmaOption,
+    FlowBoundOption,
+    FlowStackOption,
     InputSizeOption,
     JsonOption,
     LayerOption,
+    ModalityOption,
     SnippetLengthOption,
     TrustPickleOption,
     parse_layer_names,
 )
-from prernn_cli.spec import CellType, InitScheme
+from prernn_cli.spec import CellType, InitScheme, Modality
 
 CellOption = Annotated[
     CellType, typer.Option("--cell", "-c", case_sensitive=False, help="Recurrent cell: vrnn, lstm or gru.")
@@ -111,20 +115,26 @@ def convert_command(
     hidden_size: HiddenSizeOption = None,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     seed: SeedOption = 0,
     input_size: InputSizeOption = None,
     snippet_length: SnippetLengthOption = None,
+    modality: ModalityOption = Modality.RGB,
+    flow_stack: FlowStackOption = None,
+    flow_bound: FlowBoundOption = None,
     json_output: JsonOption = False,
 ) -> None:
     from prernn_cli.archives import refuse_hostile_archive
 
     refuse_hostile_archive(checkpoint)  # before torch is imported: a hostile archive costs next to nothing
     from prernn_cli.conversion import convert_checkpoint
+    from prernn_cli.modality import ModalityChoice
 
     result = convert_checkpoint(
         checkpoint, parse_layer_names(layer), cell, output, sih=sih, traditional=traditional,
         num_classes=num_classes, outputs=outputs, init_hh=init_hh, hidden_size=hidden_size, arch=arch,
-        trust_pickle=trust_pickle, seed=seed, input_size=input_size, snippet_length=snippet_length,
+        trust_pickle=trust_pickle, seed=seed, input_size=input_size, snippet_length=snippet_length, ema=ema,
+        modality=ModalityChoice(modality, flow_stack, flow_bound),
     )  # fmt: skip
     if json_output:
         print_json(result.to_dict())
@@ -168,4 +178,6 @@ def _render_conversion(result) -> None:
     stdout.print(f"Head: {head}. Design: {DESIGN_NAMES[result.design.value]}.")
     if result.input is not None:
         step = "×".join(str(size) for size in result.input.step_shape())
-        stdout.print(f"Input: {step} per step (C×{'L×' if result.input.frame_kind.value == '3d' else ''}H×W).")
+        stream = "" if result.input.modality.value == "rgb" else f", {result.input.modality.value}"
+        stream += f" (a stack of {result.input.flow_stack} flow frames)" if result.input.flow_stack else ""
+        stdout.print(f"Input: {step} per step (C×{'L×' if result.input.frame_kind.value == '3d' else ''}H×W){stream}.")

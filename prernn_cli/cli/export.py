@@ -21,10 +21,27 @@ from prernn_cli.cli.options import (
 )
 
 ConvertedModelArg = Annotated[
-    Path,
+    list[Path],
     typer.Argument(
         metavar="MODEL",
-        help="A converted model (.safetensors written by `prernn convert` or `prernn train`).",
+        help="A converted model (.safetensors written by `prernn convert` or `prernn train`); "
+        "with --fuse, one trained classification model per stream.",
+        show_default=False,
+    ),
+]
+FuseOption = Annotated[
+    bool,
+    typer.Option(
+        "--fuse",
+        help="Export the MODELs as one late-fusion graph: inputs stream<i>.frames and stream<i>.h_0.*, outputs "
+        "`probabilities` (the weighted mean of the streams' softmax per step) and stream<i>.h_n.*.",
+    ),
+]
+FuseWeightsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--weights",
+        help="With --fuse: one weight per MODEL, comma-separated (normalised to sum to 1). Default: equal weights.",
         show_default=False,
     ),
 ]
@@ -36,7 +53,8 @@ OnnxOutputOption = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Output .onnx file. Default: MODEL's name with .onnx (.step.onnx for --steps 1, .fp16 for --half).",
+        help="Output .onnx file. Default: MODEL's name with .onnx (.step.onnx for --steps 1, .fp16 for --half); "
+        "with --fuse, fused.onnx beside the first MODEL.",
         show_default=False,
     ),
 ]
@@ -112,14 +130,20 @@ def export_command(
     resize: ResizeOption = False,
     keep_invalid: KeepInvalidOption = False,
     arch: ModelArchOption = None,
+    fuse: FuseOption = False,
+    weights: FuseWeightsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     from prernn_cli.export import export_file
 
-    result = export_file(
-        model, output, steps=steps, opset=opset, half=half, batch=batch, atol=atol, rtol=rtol,
-        clip=clip, resize=resize, keep_invalid=keep_invalid, arch=arch,
-    )  # fmt: skip
+    if fuse or len(model) > 1 or weights is not None:
+        result = _export_fused(model, output, fuse, weights, steps=steps, opset=opset, batch=batch, atol=atol,
+                               rtol=rtol, keep_invalid=keep_invalid, half=half, clip=clip, arch=arch)  # fmt: skip
+    else:
+        result = export_file(
+            model[0], output, steps=steps, opset=opset, half=half, batch=batch, atol=atol, rtol=rtol,
+            clip=clip, resize=resize, keep_invalid=keep_invalid, arch=arch,
+        )  # fmt: skip
     if json_output:
         print_json(result.to_dict())
         return
@@ -164,6 +188,21 @@ def validate_command(
     _render_validation(report)
 
 
+def _export_fused(models, output, fuse, weights, *, half, clip, arch, **options):
+    """``--fuse``: several models as one late-fusion graph (see :mod:`prernn_cli.export.fused`)."""
+    from prernn_cli.errors import UserInputError
+    from prernn_cli.export.fused import export_fused_files
+    from prernn_cli.fusion import parse_weights
+
+    if not fuse:
+        what = "--weights" if len(models) == 1 else f"{len(models)} models"
+        raise UserInputError(f"{what} given without --fuse; add --fuse to export one fused graph, or export one model")
+    for flag, value in (("--half", half), ("--clip", clip), ("--arch", arch)):
+        if value:
+            raise UserInputError(f"{flag} is not supported with --fuse; export the fused models without it")
+    return export_fused_files(models, output, parse_weights(weights, len(models)), **options)
+
+
 def _render_export(result) -> None:
     """The file written and its graph's shape."""
     spec = result.spec
@@ -191,6 +230,8 @@ def _render_validation(report) -> None:
             title_justify="left",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
+            # a fused graph's long output names (stream<i>.h_n.*) fit 80 columns only with narrower gaps
+            collapse_padding=any(len(c.output) > 8 for c in report.comparisons),
         )
         for column in ("check", "output", "shape"):
             table.add_column(column, no_wrap=True)

@@ -12,6 +12,7 @@ from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
 from prernn_cli.cli.options import (
     ArchOption,
     CheckpointArg,
+    EmaOption,
     InputSizeOption,
     JsonOption,
     SnippetLengthOption,
@@ -50,6 +51,7 @@ def inspect_command(
     checkpoint: CheckpointArg,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     show_all: AllOption = False,
     input_size: InputSizeOption = None,
     snippet_length: SnippetLengthOption = None,
@@ -61,7 +63,7 @@ def inspect_command(
     from prernn_cli.inspection import inspect_checkpoint
 
     result = inspect_checkpoint(
-        checkpoint, arch=arch, trust_pickle=trust_pickle, input_size=input_size, snippet_length=snippet_length
+        checkpoint, arch=arch, trust_pickle=trust_pickle, input_size=input_size, snippet_length=snippet_length, ema=ema
     )
     if json_output:
         print_json(result.to_dict(show_all=show_all))
@@ -116,6 +118,13 @@ def _render_summary(result) -> None:
     stdout.print(f"[bold]checkpoint[/]   {literal(result.path)}", soft_wrap=True)
     stdout.print(f"[bold]format[/]       {result.format.value}")
     stdout.print(f"[bold]architecture[/] {architecture}{classes}", soft_wrap=True)
+    if result.weights:  # a training checkpoint: which of its weights were loaded
+        other = ""
+        if result.other_weights == "state_dict_ema":
+            other = " (the file also holds EMA weights: pass --ema for them)"
+        elif result.other_weights:
+            other = f" (the file also holds its plain {result.other_weights}: drop --ema for it)"
+        stdout.print(f"[bold]weights[/]      {result.weights}{other}", soft_wrap=True)
     stdout.print(f"[bold]parameters[/]   {result.total_params:,} total, {result.trainable_params:,} trainable")
     stdout.print(f"[bold]input[/]        {_input_text(result.input_spec, result.input_known)}", soft_wrap=True)
 

@@ -16,7 +16,7 @@ import typer
 
 from prernn_cli.errors import LayerError, UserInputError
 from prernn_cli.params import ALL_CELLS
-from prernn_cli.spec import CellType, Task
+from prernn_cli.spec import CellType, Modality, Task
 
 # ---------------------------------------------------------------- number ranges
 
@@ -81,9 +81,17 @@ ArchOption = Annotated[
     Optional[str],
     typer.Option(
         "--arch",
-        help="Architecture: a torchvision model name, c3d, digit_vgg/digit_resnet/digit_c3d, "
-        "or package.module:callable. Identified from the weights when omitted. For a converted model built "
-        "on your own class: that package.module:callable, to allow importing it.",
+        help="Architecture: a torchvision model name, c3d, digit_vgg/digit_resnet/digit_c3d, timm:NAME "
+        "(a timm model; pip install 'prernn[timm]'), or package.module:callable. Identified from the weights "
+        "when omitted. For a converted model built on your own class: that package.module:callable, to allow "
+        "importing it.",
+    ),
+]
+EmaOption = Annotated[
+    bool,
+    typer.Option(
+        "--ema",
+        help="Load a training checkpoint's EMA weights (timm train.py's state_dict_ema) instead of its state_dict.",
     ),
 ]
 #: For commands that open a converted model: the user's approval to import the class it was built on.
@@ -325,6 +333,39 @@ SnippetLengthOption = Annotated[
         metavar="L",
         min=1,
         help="3D backbones: frames per step (snippet length) instead of the network's own. Recorded like --input-size.",
+        show_default=False,
+    ),
+]
+ModalityOption = Annotated[
+    Modality,
+    typer.Option(
+        "--modality",
+        case_sensitive=False,
+        help="What the stream reads: rgb; depth (folders of 8- or 16-bit grey PNG frames, 1 channel); flow "
+        "(flow_x/ and flow_y/ folders, or computed from RGB clips with OpenCV: 2 channels per frame). The first "
+        "convolution is initialised from the RGB filters; recorded in the model (train, evaluate, export, stream "
+        "read it).",
+    ),
+]
+FlowStackOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--flow-stack",
+        metavar="L",
+        min=1,
+        max=64,
+        help="--modality flow on a 2D network: L consecutive flow frames per step, stacked into 2L channels "
+        "(default 10).",
+        show_default=False,
+    ),
+]
+FlowBoundOption = Annotated[
+    Optional[float],
+    float_option(
+        "--flow-bound",
+        allowed=FloatRange(0.0, 1000.0, low_open=True),
+        metavar="PIXELS",
+        help="--modality flow: the displacement that flow images' 0 and 255 stand for (default 20, as TV-L1 dumps).",
         show_default=False,
     ),
 ]

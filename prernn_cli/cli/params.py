@@ -12,6 +12,7 @@ from rich.table import Table
 from prernn_cli.cli.app import app, handles_errors, literal, print_json, stdout
 from prernn_cli.cli.options import (
     ArchOption,
+    EmaOption,
     InputSizeOption,
     JsonOption,
     LayerOption,
@@ -76,6 +77,7 @@ def params_command(
     cell: CellsOption = None,
     traditional_layers: TraditionalLayersOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     input_size: InputSizeOption = None,
     snippet_length: SnippetLengthOption = None,
     json_output: JsonOption = False,
@@ -95,6 +97,7 @@ def params_command(
         trust_pickle=trust_pickle,
         input_size=input_size,
         snippet_length=snippet_length,
+        ema=ema,
     )
     if json_output:
         print_json(report.to_dict())

@@ -17,6 +17,7 @@ from prernn_cli.data.decoding import ClipReadError, count_frames, frame_folder, 
 from prernn_cli.data.discovery import discover
 from prernn_cli.data.frame_cache import FrameCache
 from prernn_cli.data.manifests import check_targets, load_targets, read_manifest
+from prernn_cli.data.modalities import check_clip, count_clip_frames, read_clip_frames
 from prernn_cli.data.preprocessing import (
     Augment,
     flip_pairs_from_names,
@@ -26,7 +27,7 @@ from prernn_cli.data.preprocessing import (
     resize_frames,
     to_tensor,
 )
-from prernn_cli.data.sampling import Sampling, dense_windows, frames_to_steps, step_starts
+from prernn_cli.data.sampling import Sampling, dense_windows, frames_to_steps, spec_steps, step_starts
 from prernn_cli.data.split_lists import read_split_file
 from prernn_cli.data.trunk_cache import TrunkCache, TrunkFeatureDataset, TrunkFeatureModel
 from prernn_cli.spec import Task
@@ -62,4 +63,8 @@ __all__ = [
     "flip_pairs_from_names",
     "probe_clip",
     "read_clip_steps",
+    "read_clip_frames",
+    "count_clip_frames",
+    "check_clip",
+    "spec_steps",
 ]

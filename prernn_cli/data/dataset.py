@@ -23,11 +23,12 @@ import torch
 from torch.utils.data import Dataset
 
 from prernn_cli.data.clips import Clip
-from prernn_cli.data.decoding import ClipReadError, count_frames, read_frames
+from prernn_cli.data.decoding import ClipReadError
 from prernn_cli.data.frame_cache import FrameCache
 from prernn_cli.data.manifests import load_targets
+from prernn_cli.data.modalities import check_clip, count_clip_frames, read_clip_frames
 from prernn_cli.data.preprocessing import Augment, resize_frames, to_tensor
-from prernn_cli.data.sampling import Sampling, frame_indices, frames_to_steps, step_starts
+from prernn_cli.data.sampling import Sampling, frame_indices, spec_steps, step_starts
 from prernn_cli.errors import DataError
 from prernn_cli.spec import InputSpec, Task
 
@@ -56,6 +57,8 @@ class ClipDataset(Dataset):
             raise DataError(f"--steps must be at least 1, got {self.steps}")
         if self.augment and self.augment.flip and self.task is Task.REGRESS:
             raise DataError("--flip is not supported with --task regress (targets would need mirroring); drop --flip")
+        if self.clips:  # a clip of another modality (colour frames for a depth model) stops here, in one line
+            check_clip(self.clips[0].path, self.spec)
 
     @property
     def snippet(self) -> int:
@@ -86,7 +89,7 @@ class ClipDataset(Dataset):
             flip = rng.random() < 0.5
         crop_rng = rng if (self.augment is not None and self.augment.translate) else None
         tensor = to_tensor(arrays, self.spec, flip=flip, rng=crop_rng)  # [T*L, C, H, W]
-        item: dict = {"frames": frames_to_steps(tensor, self.snippet), "index": index}
+        item: dict = {"frames": spec_steps(tensor, self.spec), "index": index}
         item.update(self._target(clip, flip, starts, num_frames))
         return item
 
@@ -106,17 +109,17 @@ class ClipDataset(Dataset):
             starts = self._starts(clip, num_frames, step_rng)
             return resized[frame_indices(starts, self.snippet)], starts, num_frames
         if clip.start is not None or clip.path.is_dir():  # decode only the frames used
-            num_frames = clip.num_frames if clip.num_frames is not None else count_frames(clip.path)
+            num_frames = clip.num_frames if clip.num_frames is not None else count_clip_frames(clip.path, self.spec)
             starts = self._starts(clip, num_frames, step_rng)
-            frames, num_frames = read_frames(clip.path, frame_indices(starts, self.snippet))
+            frames, num_frames = read_clip_frames(clip.path, self.spec, frame_indices(starts, self.snippet))
         else:  # video: one decoding pass
-            frames, num_frames = read_frames(clip.path)
+            frames, num_frames = read_clip_frames(clip.path, self.spec)
             starts = self._starts(clip, num_frames, step_rng)
             frames = [frames[i] for i in frame_indices(starts, self.snippet)]
         return resize_frames(frames, self.spec), starts, num_frames
 
     def _decode_resized(self, path: Path) -> np.ndarray:
-        return resize_frames(read_frames(path)[0], self.spec)
+        return resize_frames(read_clip_frames(path, self.spec)[0], self.spec)
 
     def _target(self, clip: Clip, flip: bool, starts: list[int], num_frames: int) -> dict:
         """The task's target of the example: ``label``, ``sequence`` (both swapped when flipped) or ``targets``."""

@@ -8,7 +8,8 @@ memory-mapped ``.npy`` file. Sampling, cropping, flipping and normalising still
 happen per example, so augmentation is unchanged.
 
 An entry is named by a hash of the clip's path, its size and modification times,
-and the frame size and channels the model wants. A clip changed between runs, or
+and the frame size, channels and modality the model wants (flow computed from an
+RGB clip is stored computed, keyed also by its bound). A clip changed between runs, or
 another model input size, gets a new entry (a clip is looked at once per process,
 so changes during a run are not seen). An unreadable entry is decoded again. Entries
 are written to a temporary file and renamed, so workers racing on one clip, or a
@@ -74,7 +75,9 @@ class FrameCache:
         else:
             status = clip.stat()
             entries = [(clip.name, status.st_size, status.st_mtime_ns)]
-        identity = repr((CACHE_FORMAT, str(clip), entries, tuple(self.spec.size), self.spec.channels))
+        spec = self.spec
+        modality = () if spec.modality.value == "rgb" else (spec.modality.value, spec.flow_bound)  # rgb: keys unchanged
+        identity = repr((CACHE_FORMAT, str(clip), entries, tuple(spec.size), spec.channels, *modality))
         return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
     def path_for(self, clip: Path) -> Path:
@@ -82,11 +85,15 @@ class FrameCache:
         return self.root / f"{self._key(clip)}.npy"
 
     def _fits(self, frames: np.ndarray) -> bool:
-        """Whether a stored entry has the layout this cache writes: ``[N ≥ 1, H' ≥ H, W' ≥ W, channels]`` uint8."""
+        """Whether a stored entry has the layout this cache writes: ``[N ≥ 1, H' ≥ H, W' ≥ W, channels]`` uint8
+        (16-bit depth: uint16)."""
         height, width = self.spec.size
         channels = 1 if self.spec.channels == 1 else 3
+        if self.spec.modality.value != "rgb":
+            channels = self.spec.frame_channels
+        deep = self.spec.modality.value == "depth" and frames.dtype == np.uint16
         return (
-            frames.dtype == np.uint8
+            (frames.dtype == np.uint8 or deep)
             and frames.ndim == 4
             and frames.shape[0] >= 1
             and frames.shape[1] >= height
@@ -103,7 +110,9 @@ class FrameCache:
                 return cached
         except (OSError, ValueError):  # missing, or unreadable: decode again
             pass
-        frames = np.ascontiguousarray(decode(clip), dtype=np.uint8)
+        frames = np.ascontiguousarray(decode(clip))
+        if frames.dtype != np.uint16:  # 16-bit depth keeps its precision
+            frames = frames.astype(np.uint8, copy=False)
         temporary = None
         try:
             descriptor, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{entry.stem}.", suffix=".npy.tmp")

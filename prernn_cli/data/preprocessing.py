@@ -31,10 +31,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from prernn_cli.data.decoding import ClipReadError, probe_clip, read_frames
-from prernn_cli.data.sampling import frames_to_steps
+from prernn_cli.data.decoding import ClipReadError, probe_clip
+from prernn_cli.data.modalities import check_clip, count_clip_frames, probe_frame_size, read_clip_frames
+from prernn_cli.data.planes import resize_planes
+from prernn_cli.data.sampling import spec_steps
 from prernn_cli.errors import DataError
-from prernn_cli.spec import InputSpec
+from prernn_cli.spec import InputSpec, Modality
 
 #: Padding of the random-translation augmentation, as a fraction of the crop size.
 TRANSLATE_FRACTION = 0.125
@@ -93,7 +95,12 @@ def _resize_shorter(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def resize_frames(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Frames (H×W×3 uint8) resized, shorter side first, to cover the model's size: ``[N, H', W', C]`` uint8."""
+    """Frames (H×W×3 uint8) resized, shorter side first, to cover the model's size: ``[N, H', W', C]`` uint8.
+
+    Depth and flow frames (H×W×C, uint8 or uint16) keep their channels and integer type.
+    """
+    if spec.modality is not Modality.RGB:
+        return resize_planes(frames, spec.size)
     mode = "L" if spec.channels == 1 else "RGB"
     images = [_resize_shorter(Image.fromarray(f).convert(mode), spec.size) for f in frames]
     arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # N,H',W'(,C)
@@ -115,13 +122,18 @@ def to_tensor(arrays: np.ndarray, spec: InputSpec, flip: bool = False, rng: rand
     else:
         top, left = (h - height) // 2, (w - width) // 2
     arrays = arrays[:, top : top + height, left : left + width]
+    scale = float(np.iinfo(arrays.dtype).max)  # 8- or 16-bit values to [0, 1]
     if flip:
         arrays = arrays[:, :, ::-1]
-    tensor = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    if spec.channels not in (1, 3):
+        if spec.modality is Modality.FLOW:  # a mirrored flow field points the other way along x
+            arrays = np.concatenate([255 - arrays[..., :1], arrays[..., 1:]], axis=-1)
+    arrays = np.ascontiguousarray(arrays, dtype=np.uint8 if arrays.dtype == np.uint8 else np.float32)
+    tensor = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(scale)
+    if spec.modality is Modality.RGB and spec.channels not in (1, 3):
         raise DataError(f"the model expects {spec.channels} input channels; clips give RGB (3) or gray (1)")
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    channels = spec.frame_channels  # a flow stack repeats one frame's (x, y) statistics
+    mean = torch.tensor(spec.mean[:channels], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std[:channels], dtype=torch.float32).view(1, -1, 1, 1)
     return tensor.sub_(mean).div_(std)
 
 
@@ -146,6 +158,8 @@ def read_clip_steps(path: Path, input_spec: InputSpec, *, resize: bool = False) 
         DataError: unreadable clip, frames of the wrong size/channels, a clip shorter than one step.
     """
     path = Path(path)
+    if input_spec.modality is not Modality.RGB:
+        return _read_modality_steps(path, input_spec, resize)
     count, channels, height, width = probe_clip(path)
     want_h, want_w = input_spec.size
     if not resize and (channels, height, width) != (input_spec.channels, want_h, want_w):
@@ -157,8 +171,29 @@ def read_clip_steps(path: Path, input_spec: InputSpec, *, resize: bool = False) 
     if count < snippet:
         raise DataError(f"{path} has {count} frames; one step of this model is a snippet of {snippet}")
     try:
-        frames, count = read_frames(path)
+        frames, count = read_clip_frames(path, input_spec)
     except ClipReadError as error:
         raise DataError(f"cannot read {path}: {error}") from None
-    steps = frames_to_steps(preprocess(frames, input_spec), snippet)  # [N, C, H, W] or [N, C, L, H, W]
+    steps = spec_steps(preprocess(frames, input_spec), input_spec)  # [N, C, H, W] or [N, C, L, H, W]
     return steps.numpy(), count
+
+
+def _read_modality_steps(path: Path, input_spec: InputSpec, resize: bool) -> tuple[np.ndarray, int]:
+    """:func:`read_clip_steps` for depth and flow clips (a flow clip's count is its flow frames)."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give a frame folder or a video file")
+    check_clip(path, input_spec)
+    height, width = probe_frame_size(path, input_spec)
+    if not resize and (height, width) != tuple(input_spec.size):
+        raise DataError(
+            f"{path} has {height}×{width} frames but the model expects {input_spec.size[0]}×{input_spec.size[1]}; "
+            "give frames of that size, or pass --resize to resize and centre-crop them"
+        )
+    try:
+        count = count_clip_frames(path, input_spec)
+        if count < input_spec.frames_per_step:
+            raise DataError(f"{path} has {count} frames; one step of this model takes {input_spec.frames_per_step}")
+        frames, count = read_clip_frames(path, input_spec)
+    except ClipReadError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    return spec_steps(preprocess(frames, input_spec), input_spec).numpy(), count

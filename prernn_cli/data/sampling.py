@@ -23,6 +23,8 @@ from torch import Tensor
 from prernn_cli.choices import Sampling
 from prernn_cli.data.clips import Clip
 from prernn_cli.data.decoding import ClipReadError, count_frames
+from prernn_cli.data.modalities import count_clip_frames
+from prernn_cli.spec import InputSpec
 
 
 def frames_needed(steps: int, snippet: int) -> int:
@@ -86,10 +88,23 @@ def frames_to_steps(frames: Tensor, snippet: int) -> Tensor:
     return frames[:usable].view(usable // snippet, snippet, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
 
 
+def spec_steps(frames: Tensor, spec: InputSpec) -> Tensor:
+    """Frames ``[T*L, C, H, W]`` as the steps of ``spec``: :func:`frames_to_steps`, or for flow on a 2D
+    network L frames of (x, y) stacked into ``[T, 2L, H, W]`` (x1, y1, x2, y2, ..., as two-stream networks do)."""
+    snippet = spec.frames_per_step
+    if not spec.stacks_frames:
+        return frames_to_steps(frames, snippet)
+    usable = (frames.shape[0] // snippet) * snippet
+    c, h, w = frames.shape[1:]
+    return frames[:usable].reshape(usable // snippet, snippet * c, h, w)
+
+
 def dense_windows(
-    clips: Sequence[Clip], steps: int, snippet: int, hop: int | None = None
+    clips: Sequence[Clip], steps: int, snippet: int, hop: int | None = None, *, spec: InputSpec | None = None
 ) -> tuple[list[Clip], list[tuple[Path, str]]]:
     """Cut every clip into windows of ``steps`` consecutive steps (``hop`` frames apart; default no overlap).
+
+    ``spec``: count the frames of its modality (flow computed from F RGB frames has F − 1).
 
     Returns the windows and the clips skipped as unreadable or too short.
     """
@@ -99,7 +114,7 @@ def dense_windows(
     skipped: list[tuple[Path, str]] = []
     for clip in clips:
         try:
-            n = count_frames(clip.path)
+            n = count_frames(clip.path) if spec is None else count_clip_frames(clip.path, spec)
         except ClipReadError as error:
             skipped.append((clip.path, str(error)))
             continue

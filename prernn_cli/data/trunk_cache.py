@@ -51,8 +51,9 @@ from torch.utils.data import DataLoader, Dataset
 from prernn_cli.choices import FeatureDtype
 from prernn_cli.data.clips import Clip
 from prernn_cli.data.dataset import ClipDataset
-from prernn_cli.data.decoding import ClipReadError, read_frames
+from prernn_cli.data.decoding import ClipReadError
 from prernn_cli.data.frame_cache import FrameCache
+from prernn_cli.data.modalities import read_clip_frames
 from prernn_cli.data.preprocessing import resize_frames, to_tensor
 from prernn_cli.data.sampling import Sampling, frames_needed
 from prernn_cli.devices import autocast_context
@@ -235,7 +236,12 @@ class TrunkPass:
             high = min(frames.shape[0] - snippet + 1, low + self.chunk)
             flip, rng = view_transform(view, clip_key)  # drawn again per chunk: one crop for the whole clip
             tensor = to_tensor(frames[low : high + snippet - 1], self.spec, flip=flip, rng=rng)
-            yield low, (tensor if snippet == 1 else tensor.unfold(0, snippet, 1).permute(0, 1, 4, 2, 3)).contiguous()
+            if snippet == 1:
+                yield low, tensor.contiguous()
+            elif self.spec.stacks_frames:  # flow on a 2D net: L frames of (x, y) stacked into 2L channels
+                yield low, tensor.unfold(0, snippet, 1).permute(0, 4, 1, 2, 3).flatten(1, 2).contiguous()
+            else:
+                yield low, tensor.unfold(0, snippet, 1).permute(0, 1, 4, 2, 3).contiguous()
 
     def run(self, steps: Tensor, cache: TrunkCache) -> np.ndarray:
         """The trunk's outputs on ``steps``, flattened ``[n, D]`` in the cache's dtype."""
@@ -317,7 +323,7 @@ class _ResizedClips(Dataset):
             return path, None, str(error)
 
     def _decode(self, path: Path) -> np.ndarray:
-        return resize_frames(read_frames(path)[0], self.spec)
+        return resize_frames(read_clip_frames(path, self.spec)[0], self.spec)
 
 
 @dataclass

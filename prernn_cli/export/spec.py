@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: ``metadata_props`` key holding the :class:`OnnxExportSpec` JSON.
 EXPORT_METADATA_KEY = "prernn_onnx"
+#: ``metadata_props`` key of a late-fusion graph (:mod:`prernn_cli.export.fused`), which has no single model spec.
+FUSION_METADATA_KEY = "prernn_fusion"
 
 
 class Precision(str, Enum):
@@ -310,6 +312,11 @@ class OnnxExportSpec:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], source: str = "the ONNX file") -> OnnxExportSpec:
+        if FUSION_METADATA_KEY in metadata:
+            raise UserInputError(
+                f"{source} is a late-fusion graph (`prernn export --fuse`), validated when it was written; "
+                "give a single model's export here"
+            )
         if SPEC_METADATA_KEY not in metadata or EXPORT_METADATA_KEY not in metadata:
             raise UserInputError(
                 f"{source} was not written by `prernn export` (no prernn metadata); export it with `prernn export MODEL --onnx`"

@@ -97,8 +97,8 @@ def _datasets(
     skipped: list[tuple[str, str]] = []
     train_clips, val_clips = splits.train, splits.val
     if config.sampling is Sampling.DENSE:
-        train_clips, bad = dense_windows(train_clips, config.steps, spec.frames_per_step)
-        val_clips, bad_val = dense_windows(val_clips, config.steps, spec.frames_per_step)
+        train_clips, bad = dense_windows(train_clips, config.steps, spec.frames_per_step, spec=spec)
+        val_clips, bad_val = dense_windows(val_clips, config.steps, spec.frames_per_step, spec=spec)
         skipped += [(str(p), r) for p, r in bad + bad_val]
         if config.strict and skipped:
             raise DataError(f"clip {skipped[0][0]}: {skipped[0][1]}; fix or remove it (or drop --strict)")
