@@ -127,10 +127,10 @@ _CATEGORIES = (
 )
 
 
-# The last conv's norm layer is not a plain BatchNorm: timm's BatchNormAct2d (BatchNorm and activation
-# in one module, opaque to the rule), or a LayerNorm / GroupNorm.
+# A norm the rule does not fold: one after the residual add (pre-activation designs), or a LayerNorm /
+# GroupNorm. (timm's BatchNormAct2d right after the conv is read as BatchNorm then activation.)
 _FUSED_NORM = re.compile(r"reaches \S*(bn|norm)\S* before global average pooling")
-_FUSED_NORM_TEXT = "its last conv's norm applies the activation itself (BatchNormAct2d) or is not a BatchNorm"
+_FUSED_NORM_TEXT = "its last conv's norm comes after the residual add or is not a BatchNorm"
 
 
 def category(record: dict) -> str:

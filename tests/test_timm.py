@@ -24,7 +24,7 @@ from prernn_cli.architectures import build_architecture
 from prernn_cli.checkpoint import load_checkpoint
 from prernn_cli.cli import app
 from prernn_cli.conversion import convert
-from prernn_cli.spec import CellType, InputSpec
+from prernn_cli.spec import CellType, InitScheme, InputSpec
 from prernn_cli.surgery import network_report
 
 timm = pytest.importorskip("timm")
@@ -37,8 +37,8 @@ EMA_SHIFT = 1.0  # added to the EMA copy's classifier weight, so the two weights
 # model → (its classifier weight, a convertible layer at 64×64 or None when the family has none)
 MODELS = {
     "resnet10t": ("fc.weight", "layer4.0.conv2"),
-    "efficientnet_b0": ("classifier.weight", None),
-    "mobilenetv3_small_050": ("classifier.weight", None),
+    "efficientnet_b0": ("classifier.weight", "conv_head"),
+    "mobilenetv3_small_050": ("classifier.weight", "blocks.5.0.conv"),
     "regnetx_002": ("head.fc.weight", "s4.b7.conv3.conv"),
     "convnext_atto": ("head.fc.weight", None),
 }
@@ -158,16 +158,17 @@ def test_torchvision_keeps_priority_when_weights_fit_both(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "not_convertible"),
+    ("name", "layer", "activation"),
     [
-        # conv_head's BatchNorm applies SiLU: read as a plain BatchNorm, the SiLU would be lost.
-        pytest.param("efficientnet_b0", "conv_head", marks=pytest.mark.slow),
+        # conv_head's BatchNormAct2d applies SiLU: read as BatchNorm then SiLU, never as a plain BatchNorm.
+        pytest.param("efficientnet_b0", "conv_head", "silu", marks=pytest.mark.slow),
         # final_conv standardises its weight (ScaledStdConv2d): read as a Conv2d, it would use the raw one.
-        pytest.param("nfnet_l0", "final_conv", marks=pytest.mark.slow),
-        ("regnetx_002", None),  # Identity placeholders traced through: s4.b7.conv3.conv reaches the pooling
+        pytest.param("nfnet_l0", "final_conv", None, marks=pytest.mark.slow),
+        # Identity placeholders traced through; conv3's BatchNormAct2d has no activation (the ReLU follows the add).
+        ("regnetx_002", "s4.b7.conv3.conv", "relu"),
     ],
 )
-def test_built_models_compute_what_timm_does(name, not_convertible):
+def test_built_models_compute_what_timm_does(name, layer, activation):
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False, num_classes=CLASSES).eval()
     ours = build_architecture(f"timm:{name}", num_classes=CLASSES)
@@ -176,10 +177,8 @@ def test_built_models_compute_what_timm_does(name, not_convertible):
     with torch.no_grad():
         torch.testing.assert_close(ours(frames), reference(frames), rtol=0, atol=0)
     report = network_report(ours, InputSpec(size=(64, 64)))
-    if not_convertible is not None:
-        assert not report.get(not_convertible).convertible
-    else:
-        assert report.get("s4.b7.conv3.conv").convertible
+    assert report.get(layer).convertible is (activation is not None)
+    assert report.get(layer).activation == activation
 
 
 def test_fused_batchnorm_keeps_training_behaviour_after_conversion():
@@ -194,6 +193,108 @@ def test_fused_batchnorm_keeps_training_behaviour_after_conversion():
     after = bn.running_mean.clone()
     converted(torch.randn(1, 2, 3, 32, 32))
     assert torch.equal(bn.running_mean, after)
+
+
+# ---------------------------------------------------------------- BatchNormAct2d read as BatchNorm, then its activation
+
+# model → (the last conv before the pooling, its BatchNormAct2d, the activation that norm applies)
+FUSED = {
+    "efficientnet_b0": ("conv_head", "bn2", "silu"),
+    "mobilenetv3_small_050": ("blocks.5.0.conv", "blocks.5.0.bn1", "hardswish"),
+}
+ACTIVATIONS = {"silu": torch.nn.functional.silu, "hardswish": torch.nn.functional.hardswish}
+
+
+@pytest.fixture(scope="module")
+def fused_models():
+    """``fused_models(name)``: (timm's own model, ours with the same weights), the fused norm's statistics non-trivial."""
+    cache: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+    def models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+        if name not in cache:
+            torch.manual_seed(0)
+            reference = timm.create_model(name, pretrained=False, num_classes=CLASSES).eval()
+            norm = reference.get_submodule(FUSED[name][1])
+            assert type(norm) is timm.layers.BatchNormAct2d
+            with torch.no_grad():
+                norm.running_mean.normal_()
+                norm.running_var.uniform_(0.5, 2)
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_()
+            ours = build_architecture(f"timm:{name}", num_classes=CLASSES)
+            ours.load_state_dict(reference.state_dict(), strict=True)
+            cache[name] = reference, ours.eval()
+        return cache[name]
+
+    return models
+
+
+def _conv_input_and_norm_output(model, conv_name, norm_name, frames):
+    captured = {}
+    hooks = [
+        model.get_submodule(conv_name).register_forward_pre_hook(lambda m, args: captured.__setitem__("in", args[0])),
+        model.get_submodule(norm_name).register_forward_hook(lambda m, args, out: captured.__setitem__("out", out)),
+    ]
+    with torch.no_grad():
+        model(frames)
+    for hook in hooks:
+        hook.remove()
+    return captured["in"].clone(), captured["out"].clone()
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+@pytest.mark.parametrize(("cell", "sih"), [(CellType.VRNN, False), (CellType.GRU, False)])
+def test_fused_norm_is_folded_and_its_activation_is_the_cells(fused_models, name, cell, sih):
+    reference, ours = fused_models(name)
+    conv_name, norm_name, activation = FUSED[name]
+    spec = InputSpec(size=(64, 64))  # a 2×2 map before the pooling
+    report = network_report(ours, spec)
+    assert report.get(conv_name).convertible and report.get(conv_name).batchnorm == norm_name
+    assert report.get(conv_name).activation == activation
+    model = convert(ours, f"timm:{name}", spec, [conv_name], cell, sih=sih, report=report).eval()
+    assert model.spec.layers[0].activation == activation
+    frames = torch.randn(1, 2, 3, 64, 64)
+    conv_in, norm_out = _conv_input_and_norm_output(reference, conv_name, norm_name, frames.flatten(0, 1))
+    conv, norm = reference.get_submodule(conv_name), reference.get_submodule(norm_name)
+    with torch.no_grad():
+        normalised = torch.nn.functional.batch_norm(
+            conv(conv_in), norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+        )
+        projected = model.layers[0].project(*model.trunk(frames.flatten(0, 1)))
+    # timm's module is exactly BatchNorm then this activation; the layer's a(x) at h=0 is the pooled BatchNorm.
+    torch.testing.assert_close(ACTIVATIONS[activation](normalised), norm_out, rtol=0, atol=0)
+    for gate in projected.split(conv.out_channels, dim=1):
+        torch.testing.assert_close(gate, normalised.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "size"),
+    [
+        # At 32×32 the map before the pooling is 1×1: pooling then activation is activation then pooling.
+        pytest.param("efficientnet_b0", "conv_head", 32, marks=pytest.mark.slow),
+        ("mobilenetv3_small_050", "blocks.5.0.conv", 32),
+        # conv_head comes after the pooling (1×1 conv, Hardswish, flatten): the flatten is the pooling, at any size.
+        ("mobilenetv3_small_050", "conv_head", 64),
+    ],
+)
+def test_converted_with_zero_state_is_the_original_network(fused_models, name, layer, size):
+    reference, ours = fused_models(name)
+    spec = InputSpec(size=(size, size))
+    model = convert(ours, f"timm:{name}", spec, [layer], CellType.VRNN, init_hh=InitScheme.ZEROS).eval()
+    assert model.spec.layers[0].activation == {"efficientnet_b0": "silu"}.get(name, "hardswish")
+    frames = torch.randn(2, 3, 3, size, size)
+    with torch.no_grad():
+        outputs, _ = model(frames)
+        expected = reference(frames.flatten(0, 1)).view(2, 3, -1)
+    torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_with_an_activation_the_cells_lack_is_not_convertible():
+    model = build_architecture("timm:mobilenetv3_small_050", num_classes=CLASSES)
+    model.get_submodule("blocks.5.0.bn1").act = torch.nn.Mish()
+    report = network_report(model, InputSpec(size=(32, 32)))
+    layer = report.get("blocks.5.0.conv")
+    assert not layer.convertible and "Mish" in layer.reason and "activation" in layer.reason
 
 
 # ---------------------------------------------------------------- convert → train → export
@@ -221,6 +322,29 @@ def test_convert_train_export_a_timm_checkpoint(saved, tmp_path):
     assert onnx.stat().st_size > 0
     shown = _inspect(str(run / "last.safetensors"))
     assert shown["converted"]["base_architecture"] == "timm:resnet10t"
+
+
+@pytest.mark.slow
+def test_convert_train_export_through_a_fused_norm(saved, tmp_path):
+    checkpoint, _ = saved("mobilenetv3_small_050")
+    model, run, onnx = tmp_path / "model.safetensors", tmp_path / "run", tmp_path / "model.onnx"
+    converted = runner.invoke(
+        app,
+        ["convert", str(checkpoint), "--layer", "blocks.5.0.conv", "--cell", "vrnn", "--num-classes", "2",
+         "--input-size", "32", "-o", str(model), "--json"],
+    )  # fmt: skip
+    assert converted.exit_code == 0, converted.stderr
+    trained = runner.invoke(
+        app,
+        ["train", str(model), "--data", str(SAMPLES / "clips"), "-o", str(run), "--epochs", "1", "--max-steps", "2",
+         "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    exported = runner.invoke(app, ["export", str(run / "last.safetensors"), "--steps", "2", "-o", str(onnx)])
+    assert exported.exit_code == 0, exported.stderr
+    assert onnx.stat().st_size > 0
+    layer = _inspect(str(run / "last.safetensors"))["converted"]["layers"][0]
+    assert (layer["name"], layer["activation"]) == ("blocks.5.0.conv", "hardswish")
 
 
 # ---------------------------------------------------------------- hostile names, and no timm installed

@@ -6,11 +6,14 @@ and ``prernn --help`` never load it. A name read from a file is data: it is look
 
 The dataflow rule of :mod:`prernn_cli.surgery` reads some modules by type (conv, Linear,
 BatchNorm, pooling, activations). Some timm modules are of those types but compute more, and
-would be converted wrongly: ``BatchNormAct2d`` is a ``BatchNorm2d`` that also applies an
-activation; ``StdConv2d``/``ScaledStdConv2d`` standardise their weight; ``Conv2dSame`` pads
-as TensorFlow does. Each becomes an *opaque* module: same parameters, buffers and forward, kept
-by torch.fx as one call (run in the model's train or eval mode, like any torch layer), of no type
-the rule reads, so the rule does not convert through it. timm's placeholders (``nn.Identity``
+would be converted wrongly if read by type alone. timm's ``BatchNormAct2d`` (a ``BatchNorm2d``
+that then applies ``drop`` and ``act``) becomes :class:`prernn_cli.surgery.norm_act.BatchNormAct2d`
+(same state, same computation), which the rule reads as the BatchNorm followed by its activation.
+The others (a subclass of it with its own forward; ``StdConv2d``/``ScaledStdConv2d``, which
+standardise their weight; ``Conv2dSame``, which pads as TensorFlow does) each become an *opaque*
+module: same parameters, buffers and forward, kept by torch.fx as one call (run in the model's
+train or eval mode, like any torch layer), of no type the rule reads, so the rule does not convert
+through it. timm's placeholders (``nn.Identity``
 where a block has no drop-path, norm or final conv, ``nn.Dropout`` of rate 0) are traced
 through, so they do not stand between a layer and its pooling.
 """
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 
 from prernn_cli.errors import ArchitectureError
 from prernn_cli.spec import FrameKind, InputSpec
+from prernn_cli.surgery.norm_act import BatchNormAct2d
 
 __all__ = [
     "TIMM_NOT_INSTALLED",
@@ -232,17 +236,20 @@ def _opaque_class(cls: type) -> type:
 def _prepare_for_tracing(model: nn.Module, timm: ModuleType) -> list[str]:
     """Keep the dataflow rule from misreading timm's modules (see the module's docstring); the names of those changed.
 
-    Placeholders (``nn.Identity``, ``nn.Dropout`` of rate 0) are traced through. A module of a type
+    Placeholders (``nn.Identity``, ``nn.Dropout`` of rate 0) are traced through. timm's own
+    ``BatchNormAct2d`` becomes prernn's, read as BatchNorm then activation. Any other module of a type
     the dataflow rule reads by type whose forward computes something else (a BatchNorm that applies
     an activation, a weight-standardised or "same"-padded conv) becomes an opaque module with the same
     parameters, buffers and forward: one call in the graph, of no type the rule reads. timm's
     ``Linear`` computes what ``nn.Linear`` does and stays one.
     """
-    equivalent = (timm.layers.Linear,)
+    equivalent = (timm.layers.Linear, BatchNormAct2d)  # read by the rule as what they compute
     changed = []
     for name, module in model.named_modules():
         if type(module) is nn.Identity or (type(module) is nn.Dropout and module.p == 0):
             module.__class__ = _TracedIdentity  # both return their input, in training too
+        elif type(module) is timm.layers.BatchNormAct2d:  # exactly timm's: its forward is BN, drop, act
+            module.__class__ = BatchNormAct2d
         elif _computes_otherwise(module, equivalent):
             if "super" in type(module).forward.__code__.co_names:
                 raise ArchitectureError(

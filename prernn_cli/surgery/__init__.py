@@ -2,7 +2,8 @@
 
 :mod:`~prernn_cli.surgery.tracing` traces the model with :mod:`torch.fx` and
 propagates shapes on fake tensors; :mod:`~prernn_cli.surgery.convertibility`
-reports every layer and whether (and as what) it can be converted;
+reports every layer and whether (and as what) it can be converted (reading a
+BatchNorm that applies its activation itself with :mod:`~prernn_cli.surgery.norm_act`);
 :mod:`~prernn_cli.surgery.cutting` cuts the graph around the converted layers.
 """
 

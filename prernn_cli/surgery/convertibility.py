@@ -8,7 +8,10 @@ Convertibility is decided from the model's real dataflow (:mod:`~prernn_cli.surg
 * a **conv** layer (``nn.Conv2d``/``nn.Conv3d``) is convertible when its output
   reaches global average pooling through only its BatchNorm, a residual add and
   an activation, and the pooled vector is a cut point (SPEC §2's
-  ``P(B(W * x) + γ)``).
+  ``P(B(W * x) + γ)``). A BatchNorm that applies its activation itself
+  (:class:`~prernn_cli.surgery.norm_act.BatchNormAct2d`) is read as the
+  BatchNorm followed by that activation; flattening a map of one position per
+  channel (a conv after the pooling) is its global average pooling.
 
 The activation right after an fc layer, and the BatchNorm/add/activation/pool
 after a conv, are absorbed into the recurrent layer: that span of the graph is
@@ -27,6 +30,7 @@ from torch.fx.proxy import TraceError
 
 from prernn_cli.errors import LayerError
 from prernn_cli.spec import InputSpec, LayerKind
+from prernn_cli.surgery.norm_act import fused_activation
 from prernn_cli.surgery.tracing import (
     _CONV_TYPES,
     InputShapeError,
@@ -145,7 +149,12 @@ def _conv_region(trace: _Trace, node: fx.Node, modules: Mapping[str, nn.Module])
             bn = modules[user.target]
             if not (bn.affine and bn.track_running_stats):
                 return f"its BatchNorm {user.target} has no affine weights or running statistics"
+            fused, reason = fused_activation(bn)  # a BatchNorm that applies its activation itself
+            if reason is not None:
+                return reason
             region.batchnorm, stage = str(user.target), "bn"
+            if fused != "identity":
+                region.activation, stage = fused, "act"
         elif stage in ("conv", "bn") and _is_add(user):
             others = [arg for arg in user.args if isinstance(arg, fx.Node) and arg is not current]
             if len(others) != 1 or _shape(others[0]) != _shape(current):

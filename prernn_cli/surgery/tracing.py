@@ -181,6 +181,18 @@ def _is_add(node: fx.Node) -> bool:
     )
 
 
+def _flattens_one_position(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether ``node`` flattens a map of one position per channel (the mean over its only position)."""
+    flattening = (
+        (node.op == "call_module" and isinstance(modules[node.target], nn.Flatten))
+        or (node.op == "call_function" and node.target is torch.flatten)
+        or (node.op == "call_method" and node.target == "flatten")
+    )
+    source = node.args[0] if flattening and node.args and isinstance(node.args[0], fx.Node) else None
+    shape = _shape(source) if source is not None else None
+    return shape is not None and len(shape) >= 2 and all(side == 1 for side in shape[1:])
+
+
 def _is_global_pool(node: fx.Node, modules: Mapping[str, nn.Module], channels: int) -> Optional[str]:
     """The pooling's description when ``node`` averages all positions of each channel, else None."""
     if node.op == "call_module" and isinstance(modules[node.target], _POOL_MODULES):
@@ -189,6 +201,8 @@ def _is_global_pool(node: fx.Node, modules: Mapping[str, nn.Module], channels: i
         description = getattr(node.target, "__name__", str(node.target))
     elif node.op == "call_method" and node.target == "mean":
         description = "mean over positions"
+    elif _flattens_one_position(node, modules):
+        description = f"flatten of a 1×1 map ({_describe(node)})"
     else:
         return None
     shape = _shape(node)

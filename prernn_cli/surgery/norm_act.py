@@ -1,0 +1,57 @@
+"""A BatchNorm that applies its activation itself (timm's ``BatchNormAct2d``), in a form the dataflow rule reads.
+
+timm's ``BatchNormAct2d`` is a ``BatchNorm2d`` whose forward is torch's BatchNorm, then ``self.drop``,
+then ``self.act``, all in one module. :class:`BatchNormAct2d` here computes exactly that with
+torch's own BatchNorm forward; an architecture builder gives such modules this class, and the
+rule of :mod:`~prernn_cli.surgery.convertibility` reads one as its BatchNorm followed by its
+activation. Nothing here imports timm.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from prernn_cli.surgery.tracing import _ACTIVATION_MODULES
+
+# Activations whose module has a setting the cells' activation functions do not take: the
+# default setting only (the cells apply F.leaky_relu, F.elu and F.gelu with their defaults).
+_DEFAULT_SETTINGS: dict[type, tuple[str, object]] = {
+    nn.LeakyReLU: ("negative_slope", 0.01),
+    nn.ELU: ("alpha", 1.0),
+    nn.GELU: ("approximate", "none"),
+}
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """``BatchNorm2d``, then ``self.drop``, then ``self.act`` (timm's ``BatchNormAct2d``, same state and names).
+
+    torch.fx keeps it as one call (it is a BatchNorm), so it runs in the model's train or eval
+    mode like any BatchNorm wherever it is not converted.
+    """
+
+    act: nn.Module
+    drop: nn.Module
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.BatchNorm2d's own argument name
+        return self.act(self.drop(super().forward(input)))
+
+
+def fused_activation(norm: nn.Module) -> tuple[Optional[str], Optional[str]]:
+    """The activation a BatchNorm applies itself, as ``(name, None)``, or ``(None, why it cannot be converted)``.
+
+    ``("identity", None)`` for a plain BatchNorm or one whose ``act`` is an identity. The name is one
+    of the recurrent cells' activations.
+    """
+    if not isinstance(norm, BatchNormAct2d):
+        return "identity", None
+    if not isinstance(norm.drop, nn.Identity):
+        return None, f"its BatchNorm applies {type(norm.drop).__name__} inside, which a recurrent layer cannot"
+    if isinstance(norm.act, nn.Identity):
+        return "identity", None
+    name = _ACTIVATION_MODULES.get(type(norm.act))
+    setting = _DEFAULT_SETTINGS.get(type(norm.act))
+    if name is None or (setting is not None and getattr(norm.act, setting[0], setting[1]) != setting[1]):
+        return None, f"its BatchNorm applies {norm.act!r}, an activation the recurrent cells do not have"
+    return name, None
