@@ -340,6 +340,18 @@ def convert_stream(tmp_path: Path, *modality: str, arch: str = "digit_vgg.pt", l
     return output
 
 
+@pytest.mark.parametrize(
+    "modality, shown",
+    [
+        (("flow", "--flow-stack", "3"), "flow (3 stacked x,y flow frames, bound 20 px): 2D frame, 6×32×32 per step"),
+        (("depth",), "depth: 2D frame, 1×32×32 per step (mean 0.5; std 0.25)"),
+    ],
+)
+def test_inspect_shows_the_modality_of_a_stream(tmp_path, modality, shown):
+    result = runner.invoke(app, ["inspect", str(convert_stream(tmp_path, *modality))], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and shown in result.output, result.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "modality, make_data, extra",

@@ -87,6 +87,12 @@ def _input_text(spec, known: bool) -> str:
     mean = ", ".join(f"{value:.3g}" for value in spec.mean)
     std = ", ".join(f"{value:.3g}" for value in spec.std)
     text = f"{kind}, {step} per step (mean {mean}; std {std})"
+    modality = spec.modality.value
+    if modality == "flow":
+        stack = f"{spec.flow_stack} stacked x,y flow frames" if spec.stacks_frames else "x,y flow per frame"
+        text = f"flow ({stack}, bound {spec.flow_bound:g} px): {text}"
+    elif modality != "rgb":
+        text = f"{modality}: {text}"
     return text + (" [yellow](assumed: unknown architecture)[/]" if not known else "")
 
 
