@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import FAST, SAMPLES
+from helpers import FAST, SAMPLES, moving_square, write_frame_folder
 from prernn_cli.analyze import better_than_chance
+from prernn_cli.checkpoint.converted import read_spec
 from prernn_cli.cli import app
 from prernn_cli.data import ClipDataset, Sampling, collate, discover
 from prernn_cli.data.clips import Clip
@@ -208,6 +209,23 @@ def test_early_stop_records_why_and_stays_stopped(tmp_path, model_file, small_cl
     table = runner.invoke(app, [str(a) for a in args] + ["--overwrite", "--early-stop", "1"])
     assert table.exit_code == 0 and "early stop after epoch 2" in table.stdout
     assert "(step 2, 4 clips seen)" in " ".join(table.stderr.split())
+
+
+@pytest.mark.parametrize(("arch", "layer", "expected"), [("digit_vgg", "classifier.0", 5), ("digit_c3d", "fc6", 1)])
+def test_steps_0_takes_the_whole_shortest_training_clip(
+    tmp_path, converted_file, small_clip_tree, arch, layer, expected
+):
+    # the training clips have 6 frames and one of 5: T = 5 frames, or one 4-frame snippet of DigitC3D
+    write_frame_folder(small_clip_tree / "left" / "short", moving_square(5, -1, seed=9))
+    model = converted_file(arch=arch, layer=layer)
+    args = ["train", model, "--data", small_clip_tree, "-o", tmp_path / "run", "--epochs", 1, "--val-fraction", 0]
+    _cli(*args, "-T", 0, "--workers", 0, "--batch-size", 2, "--device", "cpu", "--json")
+    assert read_spec(tmp_path / "run" / "last.safetensors").training.steps == expected
+    write_frame_folder(small_clip_tree / "right" / "tiny", moving_square(3, 1, seed=9))
+    if arch == "digit_c3d":  # a 3-frame clip holds no 4-frame snippet: say so, and how to go on
+        failed = runner.invoke(app, [str(a) for a in args] + ["-T", "0", "--overwrite", "--workers", "0"])
+        assert failed.exit_code == 2 and len(failed.stderr.strip().splitlines()) == 1
+        assert "shortest training clip has 3 frames, fewer than one step's 4; give --steps N" in failed.stderr
 
 
 def test_progress_events_count_optimizer_steps_and_clips_seen(tmp_path, small_clip_tree):

@@ -151,6 +151,16 @@ StepsOption = Annotated[
         help="Time steps sampled per clip (for 3D backbones each step is a snippet of L frames).",
     ),
 ]
+TrainStepsOption = Annotated[
+    int,
+    typer.Option(
+        "--steps",
+        "-T",
+        min=0,
+        help="Time steps sampled per clip (for 3D backbones each step is a snippet of L frames). "
+        "0: the whole clip, T = the shortest training clip's frames ÷ frames per step (recorded in the model).",
+    ),
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 FrameCacheOption = Annotated[
     Optional[Path],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,10 +27,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from prernn_cli.data import (
     Augment,
     ClipDataset,
+    ClipReadError,
     DataSplits,
     FrameCache,
     Sampling,
     collate,
+    count_clip_frames,
     dense_windows,
     flip_pairs_from_names,
 )
@@ -76,6 +78,33 @@ def check_cache_options(config: TrainConfig) -> None:
             "--trunk-cache-views draws augmented views, but augmentation is off (--no-augment): "
             "drop --trunk-cache-views or --no-augment"
         )
+
+
+def with_whole_clip_steps(config: TrainConfig, splits: DataSplits, spec: InputSpec) -> TrainConfig:
+    """``--steps 0``: T = the shortest training clip's frames ÷ frames per step, so every frame of it is in one step.
+
+    Unreadable clips are left to the loaders (which skip and report them). The resolved T is what
+    the run records, so evaluate and export use it, and ``--resume`` resolves it the same way.
+    """
+    if config.steps != 0:
+        return config
+    counts = []
+    for clip in splits.train:
+        try:
+            counts.append(clip.num_frames if clip.num_frames is not None else count_clip_frames(clip.path, spec))
+        except ClipReadError:
+            continue
+    if not counts:
+        raise DataError("--steps 0 takes T from the training clips, and none could be read; give --steps N")
+    shortest = min(counts)
+    steps = shortest // spec.frames_per_step
+    if steps < 1:
+        raise DataError(
+            f"--steps 0: the shortest training clip has {shortest} frames, fewer than one step's "
+            f"{spec.frames_per_step}; give --steps N or remove that clip"
+        )
+    logger.info("--steps 0: %d steps per clip (the shortest training clip has %d frames)", steps, shortest)
+    return replace(config, steps=steps)
 
 
 def _augment(config: TrainConfig, splits: DataSplits) -> Augment | None:

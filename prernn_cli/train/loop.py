@@ -29,7 +29,7 @@ from prernn_cli.metrics import MAIN_METRIC, Accumulator, report_skips, run_model
 from prernn_cli.train.config import TrainConfig, schedule_factor
 from prernn_cli.train.distributed import ShardSampler
 from prernn_cli.train.events import EventKind, ProgressCallback, ProgressEvent, TrainResult
-from prernn_cli.train.loaders import RunData, run_data
+from prernn_cli.train.loaders import RunData, run_data, with_whole_clip_steps
 from prernn_cli.train.run import (
     Run,
     RunContext,
@@ -337,6 +337,7 @@ def train(
     run fails before writing anything into it.
     """
     output_dir = Path(output_dir)
+    config = with_whole_clip_steps(config, splits, model.spec.input)
     context = start_run(model, splits, output_dir, config, progress, resume, overwrite)
     folder = output_folder(output_dir, "run folder") if context.is_main else contextlib.nullcontext()
     with folder:
