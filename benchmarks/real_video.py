@@ -107,6 +107,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 seed, 5 epochs")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     parser.add_argument("--no-analyze", action="store_true", help="skip `prernn analyze` of seed 0")
+    parser.add_argument(
+        "--epoch-times",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only time epochs with and without the trunk cache (PreGRU-SIH, TraGRU; ROUNDS x 3 epochs each way)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = 1, 5
@@ -247,8 +254,8 @@ def reuse(record: Path, command: list[str]) -> dict | None:
     return done if same else None
 
 
-def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: Budget) -> dict:
-    """Convert, then train one variant for one seed; returns its metrics rows and wall time."""
+def convert_variant(variant: Variant, seed: int, weights: Path, work: Path) -> tuple[Path, dict]:
+    """Convert one variant for one seed (once: a recorded conversion is reused); its file and ``convert --json``."""
     slug = variant.name.lower().replace("-", "_")
     model = work / "models" / f"{slug}_s{seed}.safetensors"
     model.parent.mkdir(parents=True, exist_ok=True)
@@ -258,9 +265,12 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
     if converted is None:
         converted = json.loads(cli(*convert).stdout)
         model.with_suffix(".json").write_text(json.dumps({"command": convert, "result": converted}))
-    else:
-        converted = converted["result"]
-    run = work / "runs" / f"{slug}_s{seed}"
+        return model, converted
+    return model, converted["result"]
+
+
+def train_command(model: Path, run: Path, work: Path, budget: Budget, seed: int, trunk_cache: bool = True) -> list[str]:
+    """The ``prernn train`` arguments every model gets (the budget); ``trunk_cache=False`` recomputes the trunk."""
     train = ["train", str(model), "--data", str(work / "data"), "-o", str(run), "--overwrite", "--json"]
     train += ["--epochs", str(budget.epochs), "--batch-size", str(budget.batch_size), "--steps", "16"]
     train += ["--sampling", "uniform", "--no-augment", "--freeze-trunk", "--clip-pool", "last", "--seed", str(seed)]
@@ -269,7 +279,20 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
     train += ["--frame-cache", str(work / "frame_cache")]
     if budget.early_stop:
         train += ["--early-stop", str(budget.early_stop)]
-    train += ["--trunk-cache", str(work / "trunk_cache")]
+    if trunk_cache:
+        train += ["--trunk-cache", str(work / "trunk_cache")]
+    return train
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: Budget) -> dict:
+    """Convert, then train one variant for one seed; returns its metrics rows and wall time."""
+    model, converted = convert_variant(variant, seed, weights, work)
+    run = work / "runs" / f"{model.stem}"
+    train = train_command(model, run, work, budget, seed)
     record = run / "benchmark.json"
     done = reuse(record, train)
     if done is None:
@@ -280,13 +303,35 @@ def run_variant(variant: Variant, seed: int, weights: Path, work: Path, budget: 
         record.write_text(json.dumps({"command": train, "threads": CLI_ENV.get("OMP_NUM_THREADS"), "seconds": seconds}))
     else:
         seconds = done["seconds"]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
-        "rows": rows,
+        "rows": metrics_rows(run),
         "seconds": seconds,
         "best": str(run / "best.safetensors"),
         "hidden": converted["hidden_sizes"],
     }
+
+
+def epoch_times(weights: Path, work: Path, budget: Budget, rounds: int) -> str:
+    """Seconds per epoch (training and validation) with and without the trunk cache, same models, alternating.
+
+    PreGRU-SIH and TraGRU of seed 0, ``rounds`` × 3 epochs each way, the cache filled before the
+    first timed run; medians over all epochs, and their ratio.
+    """
+    short = Budget(epochs=3, batch_size=budget.batch_size, lr=budget.lr)
+    lines = ["| model | s/epoch, trunk recomputed | s/epoch, trunk cache | speed-up |", "|---|---|---|---|"]
+    for variant in (v for v in VARIANTS if v.name in ("PreGRU-SIH", "TraGRU")):
+        model, _ = convert_variant(variant, 0, weights, work)
+        cli(*train_command(model, work / "epoch_times" / "fill", work, Budget(1, budget.batch_size, budget.lr), 0))
+        seconds: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(rounds):
+            for cached in (False, True):
+                run = work / "epoch_times" / f"{model.stem}_{'cache' if cached else 'trunk'}"
+                cli(*train_command(model, run, work, short, 0, trunk_cache=cached))
+                seconds[cached] += [row["seconds"] for row in metrics_rows(run)]
+        without, with_cache = statistics.median(seconds[False]), statistics.median(seconds[True])
+        print(f"{variant.name}: {seconds}", flush=True)
+        lines.append(f"| {variant.name} | {without:.2f} | {with_cache:.2f} | {without / with_cache:.1f}× |")
+    return "\n".join(lines)
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -458,6 +503,10 @@ def main() -> None:
         flush=True,
     )
 
+    if args.epoch_times:
+        print(epoch_times(found["weights"], work, budget, args.epoch_times))
+        print(f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+        return
     start = time.perf_counter()
     feats = features(work, found["weights"])
     print(f"frozen features: {time.perf_counter() - start:.0f} s", flush=True)
