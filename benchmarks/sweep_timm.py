@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,23 +82,6 @@ def sweep_one(name: str, max_layers: int) -> dict:
         record["last_layers"] = last_layers(name, record)
     except Exception as error:  # noqa: BLE001 - the sweep records every failure
         record["last_layers"] = [["?", f"{type(error).__name__}: {error}"[:200]]]
-    return record
-
-
-def run_isolated(name: str, max_layers: int, timeout: float, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, __file__, "--one", name, "--max-layers", str(max_layers), "--threads", str(threads)]
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "status": "timeout", "error": f"over the {timeout:.0f} s cap", "layers": []}
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": name, "status": "crash", "error": f"exit {result.returncode}: {tail[:200]}", "layers": []}
-    record = json.loads(lines[-1])
-    record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
 
@@ -188,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name is None:
             record = {"model": None, "status": "skipped", "error": why, "layers": []}
         else:
-            record = run_isolated(name, args.max_layers, args.timeout, args.threads)
+            record = sweep_torchvision.run_isolated(name, args.max_layers, args.timeout, args.threads, script=__file__)
         rows.append((family, record))
         count, text = verdict(record)
         print(f"{family:22s} {str(name):40s} {count:>4} {record.get('seconds', 0):6.1f}s  {text}", flush=True)

@@ -144,9 +144,10 @@ def sweep_one(name: str, max_layers: int) -> dict:
     return record
 
 
-def run_isolated(name: str, max_layers: int, timeout: float, threads: int) -> dict:
+def run_isolated(name: str, max_layers: int, timeout: float, threads: int, script: str = __file__) -> dict:
+    """``script --one NAME`` in its own process (a crash or a hang costs one row); its record."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, __file__, "--one", name, "--max-layers", str(max_layers), "--threads", str(threads)]
+    command = [sys.executable, script, "--one", name, "--max-layers", str(max_layers), "--threads", str(threads)]
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)

@@ -50,7 +50,7 @@ OUT_OF_RANGE = [
     (TRAIN, "--lr", "fast"),
     (TRAIN, "--epochs", "0"),
     (TRAIN, "--batch-size", "0"),
-    (TRAIN, "--steps", "0"),
+    (TRAIN, "--steps", "-1"),  # 0 is the whole clip
     (TRAIN, "--momentum", "2"),
     (TRAIN, "--momentum", "1"),
     (TRAIN, "--weight-decay", "-1"),

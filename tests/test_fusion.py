@@ -217,12 +217,12 @@ def test_fused_onnx_carries_every_streams_state_and_matches_torch(streams, tmp_p
     assert "late-fusion graph" in _one_line_error(runner.invoke(app, ["validate", str(output)]))
 
 
-# ---------------------------------------------------------------- the issue's demo: one stream alone is ambiguous
+# ---------------------------------------------------------------- one stream alone is ambiguous, the fused streams are not
 
 
 @pytest.mark.slow
 def test_fusion_tells_what_neither_stream_can_alone(tmp_path):
-    """The issue's demo, as the README reports it: 4 classes (a, b); stream 1 sees a, stream 2 sees b.
+    """The README's fusion demo: 4 classes (a, b); stream 1 sees a, stream 2 sees b.
 
     Shorter training (fewer epochs, T 4) learnt the directions on some runs and not on others.
     """

@@ -300,17 +300,14 @@ def test_fused_norm_with_an_activation_the_cells_lack_is_not_convertible():
 # ---------------------------------------------------------------- convert → train → export
 
 
-@pytest.mark.slow
-def test_convert_train_export_a_timm_checkpoint(saved, tmp_path):
-    checkpoint, _ = saved("resnet10t")
+def _convert_train_export(checkpoint: Path, tmp_path: Path, *convert_options: str) -> tuple[dict, Path]:
+    """Convert at 32 px for 2 classes, train 2 optimiser steps on the sample clips, export; convert's JSON and the run."""
     model, run, onnx = tmp_path / "model.safetensors", tmp_path / "run", tmp_path / "model.onnx"
     converted = runner.invoke(
         app,
-        ["convert", str(checkpoint), "--ema", "--layer", "res5c", "--cell", "gru", "--sih",
-         "--num-classes", "2", "--input-size", "32", "-o", str(model), "--json"],
+        ["convert", str(checkpoint), *convert_options, "--num-classes", "2", "--input-size", "32", "-o", str(model), "--json"],
     )  # fmt: skip
     assert converted.exit_code == 0, converted.stderr
-    assert json.loads(converted.stdout)["architecture"] == "timm:resnet10t"
     trained = runner.invoke(
         app,
         ["train", str(model), "--data", str(SAMPLES / "clips"), "-o", str(run), "--epochs", "1", "--max-steps", "2",
@@ -320,6 +317,14 @@ def test_convert_train_export_a_timm_checkpoint(saved, tmp_path):
     exported = runner.invoke(app, ["export", str(run / "last.safetensors"), "--steps", "2", "-o", str(onnx)])
     assert exported.exit_code == 0, exported.stderr
     assert onnx.stat().st_size > 0
+    return json.loads(converted.stdout), run
+
+
+@pytest.mark.slow
+def test_convert_train_export_a_timm_checkpoint(saved, tmp_path):
+    checkpoint, _ = saved("resnet10t")
+    converted, run = _convert_train_export(checkpoint, tmp_path, "--ema", "--layer", "res5c", "--cell", "gru", "--sih")
+    assert converted["architecture"] == "timm:resnet10t"
     shown = _inspect(str(run / "last.safetensors"))
     assert shown["converted"]["base_architecture"] == "timm:resnet10t"
 
@@ -327,22 +332,7 @@ def test_convert_train_export_a_timm_checkpoint(saved, tmp_path):
 @pytest.mark.slow
 def test_convert_train_export_through_a_fused_norm(saved, tmp_path):
     checkpoint, _ = saved("mobilenetv3_small_050")
-    model, run, onnx = tmp_path / "model.safetensors", tmp_path / "run", tmp_path / "model.onnx"
-    converted = runner.invoke(
-        app,
-        ["convert", str(checkpoint), "--layer", "blocks.5.0.conv", "--cell", "vrnn", "--num-classes", "2",
-         "--input-size", "32", "-o", str(model), "--json"],
-    )  # fmt: skip
-    assert converted.exit_code == 0, converted.stderr
-    trained = runner.invoke(
-        app,
-        ["train", str(model), "--data", str(SAMPLES / "clips"), "-o", str(run), "--epochs", "1", "--max-steps", "2",
-         "--steps", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"],
-    )  # fmt: skip
-    assert trained.exit_code == 0, trained.stderr
-    exported = runner.invoke(app, ["export", str(run / "last.safetensors"), "--steps", "2", "-o", str(onnx)])
-    assert exported.exit_code == 0, exported.stderr
-    assert onnx.stat().st_size > 0
+    _, run = _convert_train_export(checkpoint, tmp_path, "--layer", "blocks.5.0.conv", "--cell", "vrnn")
     layer = _inspect(str(run / "last.safetensors"))["converted"]["layers"][0]
     assert (layer["name"], layer["activation"]) == ("blocks.5.0.conv", "hardswish")
 
