@@ -238,3 +238,43 @@ def test_network_report_states_why_a_model_cannot_be_traced_but_lets_bugs_throug
         convert(_DataDependent(), "custom", spec, ["fc"], CellType.LSTM)
     with pytest.raises(KeyError, match="missing"):
         network_report(_Broken(), spec)
+
+
+class _ConvThenAct(nn.Module):
+    """conv → BN → ``act`` → global pool → fc → ``act`` → output fc: the activation decides what converts, and how."""
+
+    def __init__(self, act: nn.Module | None = None, functional=None):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.act = act if act is not None else nn.Identity()
+        self.functional = functional
+        self.fc, self.out = nn.Linear(4, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        y = self.functional(y) if self.functional is not None else self.act(y)
+        y = self.fc(y.mean(dim=(2, 3)))
+        return self.out(self.functional(y) if self.functional is not None else self.act(y))
+
+
+@pytest.mark.parametrize(
+    ("net", "activation"),
+    [
+        (_ConvThenAct(nn.LeakyReLU()), "leaky_relu"),
+        (_ConvThenAct(nn.LeakyReLU(0.2)), None),
+        (_ConvThenAct(nn.ELU(alpha=0.5)), None),
+        (_ConvThenAct(nn.GELU(approximate="tanh")), None),
+        (_ConvThenAct(functional=torch.nn.functional.gelu), "gelu"),
+        (_ConvThenAct(functional=lambda y: torch.nn.functional.leaky_relu(y, 0.2)), None),
+        (_ConvThenAct(functional=lambda y: torch.nn.functional.elu(y, alpha=2.0)), None),
+    ],
+)
+def test_an_activation_converts_only_with_the_setting_the_cells_apply(net, activation):
+    # the cells apply leaky_relu, elu and gelu with their default settings: another setting is another function
+    layers = {layer.name: layer for layer in network_report(net, InputSpec(size=(8, 8))).layers}
+    conv, fc = layers["conv"], layers["fc"]
+    if activation is None:
+        assert not conv.convertible and "before global average pooling" in conv.reason
+        assert fc.convertible and fc.activation == "identity"  # its activation stays after the recurrent layer
+    else:
+        assert conv.convertible and (conv.activation, fc.activation) == (activation, activation)

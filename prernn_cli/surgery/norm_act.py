@@ -13,15 +13,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from prernn_cli.surgery.tracing import _ACTIVATION_MODULES
-
-# Activations whose module has a setting the cells' activation functions do not take: the
-# default setting only (the cells apply F.leaky_relu, F.elu and F.gelu with their defaults).
-_DEFAULT_SETTINGS: dict[type, tuple[str, object]] = {
-    nn.LeakyReLU: ("negative_slope", 0.01),
-    nn.ELU: ("alpha", 1.0),
-    nn.GELU: ("approximate", "none"),
-}
+from prernn_cli.surgery.tracing import module_activation
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -50,8 +42,7 @@ def fused_activation(norm: nn.Module) -> tuple[Optional[str], Optional[str]]:
         return None, f"its BatchNorm applies {type(norm.drop).__name__} inside, which a recurrent layer cannot"
     if isinstance(norm.act, nn.Identity):
         return "identity", None
-    name = _ACTIVATION_MODULES.get(type(norm.act))
-    setting = _DEFAULT_SETTINGS.get(type(norm.act))
-    if name is None or (setting is not None and getattr(norm.act, setting[0], setting[1]) != setting[1]):
+    name = module_activation(norm.act)
+    if name is None:
         return None, f"its BatchNorm applies {norm.act!r}, an activation the recurrent cells do not have"
     return name, None

@@ -48,6 +48,18 @@ _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu_: "relu",
 }
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+# Activations with a setting: the cells apply F.leaky_relu, F.elu and F.gelu with their default
+# setting, so only a module or call with that setting is the cells' activation.
+_MODULE_SETTINGS: dict[type, tuple[str, object]] = {
+    nn.LeakyReLU: ("negative_slope", 0.01),
+    nn.ELU: ("alpha", 1.0),
+    nn.GELU: ("approximate", "none"),
+}
+_FUNCTION_SETTINGS: dict[Any, tuple[str, object]] = {
+    F.leaky_relu: ("negative_slope", 0.01),
+    F.elu: ("alpha", 1.0),
+    F.gelu: ("approximate", "none"),
+}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AvgPool2d, nn.AvgPool3d)
 _POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool2d, F.avg_pool3d, torch.mean}
@@ -165,11 +177,28 @@ def _shape(node: fx.Node) -> Optional[tuple[int, ...]]:
     return tuple(int(size) for size in shape[1:]) if shape is not None else None
 
 
+def module_activation(module: nn.Module) -> Optional[str]:
+    """The cells' name of the activation ``module`` computes; None when the cells have none that equals it."""
+    setting = _MODULE_SETTINGS.get(type(module))
+    if setting is not None and getattr(module, setting[0], setting[1]) != setting[1]:
+        return None  # e.g. LeakyReLU(0.2): the cells' leaky_relu has slope 0.01
+    return _ACTIVATION_MODULES.get(type(module))
+
+
+def _function_activation(node: fx.Node) -> Optional[str]:
+    setting = _FUNCTION_SETTINGS.get(node.target)
+    if setting is not None:
+        value = node.kwargs.get(setting[0], node.args[1] if len(node.args) > 1 else setting[1])
+        if value != setting[1]:
+            return None
+    return _ACTIVATION_FUNCTIONS.get(node.target)
+
+
 def _activation_name(node: fx.Node, modules: Mapping[str, nn.Module]) -> Optional[str]:
     if node.op == "call_module":
-        return _ACTIVATION_MODULES.get(type(modules[node.target]))
+        return module_activation(modules[node.target])
     if node.op == "call_function":
-        return _ACTIVATION_FUNCTIONS.get(node.target)
+        return _function_activation(node)
     if node.op == "call_method":
         return _ACTIVATION_METHODS.get(node.target)
     return None
