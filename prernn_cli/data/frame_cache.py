@@ -35,6 +35,32 @@ CACHE_FORMAT = 1  # bump when the stored layout changes
 log = logging.getLogger(__name__)
 
 
+def clip_files(clip: Path) -> list[tuple[str, int, int]]:
+    """What a cache entry of ``clip`` is keyed on: each of its files' name, size and modification time."""
+    if clip.is_dir():
+        return sorted(
+            (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+            for entry in os.scandir(clip)
+            if entry.is_file()
+        )
+    status = clip.stat()
+    return [(clip.name, status.st_size, status.st_mtime_ns)]
+
+
+def save_entry(entry: Path, array: np.ndarray) -> None:
+    """Write a cache entry as ``.npy`` beside it first, then rename it into place (no half-written entry)."""
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".npy.tmp")
+        with os.fdopen(descriptor, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(temporary, entry)
+    except OSError:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 class FrameCache:
     """Resized uint8 frames ``[N, H', W', C]`` of whole clips, stored under ``root``.
 
@@ -66,15 +92,7 @@ class FrameCache:
         return self._keys[clip]
 
     def _identity(self, clip: Path) -> str:
-        if clip.is_dir():
-            entries = sorted(
-                (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-                for entry in os.scandir(clip)
-                if entry.is_file()
-            )
-        else:
-            status = clip.stat()
-            entries = [(clip.name, status.st_size, status.st_mtime_ns)]
+        entries = clip_files(clip)
         spec = self.spec
         modality = () if spec.modality.value == "rgb" else (spec.modality.value, spec.flow_bound)  # rgb: keys unchanged
         identity = repr((CACHE_FORMAT, str(clip), entries, tuple(spec.size), spec.channels, *modality))
@@ -113,15 +131,9 @@ class FrameCache:
         frames = np.ascontiguousarray(decode(clip))
         if frames.dtype != np.uint16:  # 16-bit depth keeps its precision
             frames = frames.astype(np.uint8, copy=False)
-        temporary = None
         try:
-            descriptor, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{entry.stem}.", suffix=".npy.tmp")
-            with os.fdopen(descriptor, "wb") as handle:
-                np.save(handle, frames, allow_pickle=False)
-            os.replace(temporary, entry)
+            save_entry(entry, frames)
         except OSError as error:  # a full disk: go on without this entry, the cache is only an optimisation
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
             log.warning(
                 "frame cache: cannot store %s in %s (%s); it will be decoded again", clip, self.root, error.strerror
             )

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,7 @@ from prernn_cli.choices import FeatureDtype
 from prernn_cli.data.clips import Clip
 from prernn_cli.data.dataset import ClipDataset
 from prernn_cli.data.decoding import ClipReadError
-from prernn_cli.data.frame_cache import FrameCache
+from prernn_cli.data.frame_cache import FrameCache, clip_files, save_entry
 from prernn_cli.data.modalities import read_clip_frames
 from prernn_cli.data.preprocessing import resize_frames, to_tensor
 from prernn_cli.data.sampling import Sampling, frames_needed
@@ -164,13 +162,7 @@ class TrunkCache:
         clip = Path(clip)
         if clip not in self._keys:
             resolved = clip.resolve()
-            if resolved.is_dir():
-                files = sorted(
-                    (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(resolved) if e.is_file()
-                )
-            else:
-                status = resolved.stat()
-                files = [(resolved.name, status.st_size, status.st_mtime_ns)]
+            files = clip_files(resolved)
             self._keys[clip] = hashlib.sha256(repr((str(resolved), files)).encode()).hexdigest()[:32]
         return self._keys[clip]
 
@@ -201,15 +193,9 @@ class TrunkCache:
     def store(self, clip: Path, view: View | None, features: np.ndarray) -> None:
         """Write an entry (temporary file, then rename); a one-line error when the folder takes no more."""
         entry = self.path_for(clip, view)
-        temporary = None
         try:
-            descriptor, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{entry.stem}.", suffix=".npy.tmp")
-            with os.fdopen(descriptor, "wb") as handle:
-                np.save(handle, features, allow_pickle=False)
-            os.replace(temporary, entry)
+            save_entry(entry, features)
         except OSError as error:
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
             raise PrernnError(
                 f"trunk cache: cannot store the outputs of {clip} in {self.root} ({error.strerror}); "
                 "free space there or give another --trunk-cache folder"
